@@ -1,0 +1,125 @@
+"""Argument and input checks shared by the modules: one wording, one exception type per fault."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def check_int(owner: str, name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: expected {name} to be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{owner}: expected {name} >= {minimum}, got {name}={value}")
+    return int(value)
+
+
+def check_real(
+    owner: str, name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number in the interval given by ``low``, ``high`` and the open/closed flags."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: expected {name} to be a real number, got {value!r} ({type(value).__name__})")
+    number = float(value)
+    below = number <= low if low_open else number < low
+    above = number >= high if high_open else number > high
+    if not math.isfinite(number) or below or above:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or math.isinf(high) else ']'}"
+        raise ValueError(f"{owner}: expected {name} in {interval}, got {name}={value!r}")
+    return number
+
+
+def check_bool(owner: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: expected {name} to be a bool, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(owner: str, name: str, value: object, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}: expected {name} to be one of {choices}, got {value!r} ({type(value).__name__})")
+    if value not in choices:
+        raise ValueError(f"{owner}: expected {name} to be one of {choices}, got {name}={value!r}")
+    return value
+
+
+def check_seed(owner: str, seed: object) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{owner}: expected seed to be a non-negative int or None, got {seed!r} ({type(seed).__name__})")
+    if seed < 0:
+        raise ValueError(f"{owner}: expected seed to be a non-negative int or None, got seed={seed}")
+    return int(seed)
+
+
+def check_dtype(owner: str, dtype: object) -> torch.dtype:
+    """The floating dtype to build with (torch's default when None)."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{owner}: expected dtype to be a torch.dtype or None, got {dtype!r} ({type(dtype).__name__})")
+    if not dtype.is_floating_point:
+        raise ValueError(f"{owner}: expected a floating point dtype, got dtype={dtype}")
+    return dtype
+
+
+def draw_seed() -> int:
+    """A seed drawn from torch's global generator, so that ``torch.manual_seed`` fixes it."""
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of a device in bytes, or None where it cannot be told."""
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return None
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
+def check_dense_fits(owner: str, what: str, hidden_size: int, dtype: torch.dtype, device: torch.device, fix: str) -> None:
+    """Refuse a dense ``hidden_size x hidden_size`` matrix larger than the device's whole memory."""
+    need = hidden_size * hidden_size * dtype.itemsize
+    have = device_memory(device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"{owner}: a dense {hidden_size} x {hidden_size} {what} needs {need / 2**30:,.1f} GiB, more than the "
+            f"{have / 2**30:,.1f} GiB of the {device.type} device; {fix}"
+        )
+
+
+def check_tensor(owner: str, name: str, value: object, dims: tuple[int, ...], like: Tensor) -> Tensor:
+    """A tensor with one of the allowed ``dims``, of ``like``'s dtype and device, with finite values.
+
+    The finiteness check reads the data; it is skipped while torch.compile traces (it would break the
+    graph), so compiled callers get the shape, dtype and device checks only.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{owner}: expected {name} to be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() not in dims:
+        wanted = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{owner}: expected {name} to be {wanted}, got shape {tuple(value.shape)}")
+    if value.dtype != like.dtype:
+        raise ValueError(
+            f"{owner}: expected {name}.dtype == {like.dtype} (the module's dtype), got {value.dtype}; "
+            "convert the input or the module (e.g. module.double())"
+        )
+    if value.device != like.device:
+        raise ValueError(
+            f"{owner}: expected {name} on {like.device} (the module's device), got {value.device}; "
+            "move the input or the module"
+        )
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{owner}: expected finite values in {name}, got NaN or inf")
+    return value

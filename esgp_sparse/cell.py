@@ -1,0 +1,292 @@
+"""ESGPCell: one Echo State Gated Population step with a fixed sparse reservoir and a learned gate."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks
+from .gates import DiagonalGate, SparseGate, derive_pattern, pattern_csr, register_pattern, resize_to_state
+from .init import RADIUS_METHODS, RadiusMethod, Reservoir, check_connections, make_rng, random_pattern, random_reservoir, reservoir_from_matrix
+from .ops import GATES, PATHS, LayerSpec, choose_path, csr_to_dense, esgp_cell, esgp_layer
+
+GateType = Literal["dense", "diagonal", "sparse"]
+PathRequest = Literal["auto", "dense", "sparse"]
+
+_OWNER = "ESGPCell"
+_SCALABLE_GATES = "use gate='sparse' or gate='diagonal', which scale with nnz and H"
+
+
+class ESGPCell(nn.Module):
+    r"""One step of an Echo State Gated Population network.
+
+    .. math::
+        \tilde h_t = \tanh(W_{in} x_t + W h_{t-1}) \qquad
+        g_t = \sigma(W_g \tilde h_t + b_g) \qquad
+        h_t = g_t \odot \tilde h_t + (1 - g_t) \odot h_{t-1}
+
+    ``W`` is fixed (a buffer, never trained), random and sparse: each of the H^2 connections is present
+    with probability ``sparsity`` and drawn from N(0, 1), and the matrix is then scaled so that the
+    spectral radius of **the matrix actually used** equals ``spectral_radius`` (measured on the
+    sparse matrix with ARPACK; the original package measured it before masking, which left its
+    real radius near ``spectral_radius * sqrt(sparsity)``). ``W_in`` and the gate are learned.
+
+    Args:
+        input_size: I, features of ``x``.
+        hidden_size: H, units of the reservoir.
+        sparsity: the fraction of recurrent connections that are **present**, in (0, 1] (the original
+            package's meaning: ``sparsity=0.1`` keeps 10 %). ``sparsity * hidden_size`` must be >= 1.
+        spectral_radius: the spectral radius W is scaled to, >= 0.
+        gate: ``"dense"`` (the published model: ``nn.Linear(H, H)``), ``"sparse"`` (learned values on a
+            fixed random pattern of density ``sparsity``) or ``"diagonal"`` (a learned weight and bias
+            per unit).
+        path: ``"dense"`` (W as an H x H matrix, GEMM), ``"sparse"`` (CSR product) or ``"auto"``
+            (chosen from H, nnz and the device at the crossover measured by
+            ``benchmarks/test_recurrent_product.py``; re-chosen after a device move). Applies to the
+            sparse gate too. An explicit path is never overridden.
+        seed: seed of the reservoir and of the sparse gate's pattern. ``None`` draws one from torch's
+            global generator, so ``torch.manual_seed`` fixes it as well. The learned parameters are
+            initialised from torch's generator as in ``torch.nn``.
+        radius_method: how the radius is measured before scaling: ``"auto"``, ``"dense"`` or
+            ``"arpack"`` (see :func:`esgp_sparse.init.spectral_radius`).
+        reservoir: use this reservoir (an :class:`esgp_sparse.init.Reservoir`, e.g. from
+            :func:`esgp_sparse.init.reservoir_from_matrix`) as-is instead of drawing one; ``sparsity``
+            and ``spectral_radius`` then only describe what was asked for.
+        device, dtype: as in ``torch.nn``.
+
+    Shape:
+        x: (B, I), or (I,) unbatched
+        h: (B, H), or (H,) unbatched; zeros if None
+        output: (B, H), or (H,) unbatched
+
+    Attributes:
+        Win: ``nn.Linear(I, H, bias=False)``, the learned input weight (H, I).
+        gate: ``nn.Linear(H, H)`` (dense), :class:`~esgp_sparse.gates.SparseGate` or
+            :class:`~esgp_sparse.gates.DiagonalGate`.
+        crow_indices: (H + 1,) int32 (int64 when nnz >= 2^31) buffer of the reservoir's CSR rows.
+        col_indices: (nnz,) same dtype, the reservoir's columns.
+        values: (nnz,) floating buffer, the reservoir's values.
+        path: the path in use, ``"dense"`` or ``"sparse"``.
+        radius: the measured spectral radius of the reservoir in use (a float).
+        seed: the seed the reservoir (unless given) and the sparse gate's pattern were drawn from.
+
+    Raises:
+        TypeError, ValueError: for a bad argument, naming it, its value and what is allowed; also
+            for a dense gate (or dense path) larger than the device's memory, and for a reservoir
+            with under one connection per unit (nearly nilpotent: nothing to scale).
+
+    Example::
+
+        >>> cell = ESGPCell(10, 200, sparsity=0.05, seed=0)
+        >>> h = cell(torch.randn(3, 10))
+        >>> h.shape
+        torch.Size([3, 200])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        sparsity: float = 0.1,
+        spectral_radius: float = 0.9,
+        *,
+        gate: GateType = "dense",
+        path: PathRequest = "auto",
+        seed: int | None = None,
+        radius_method: RadiusMethod = "auto",
+        reservoir: Reservoir | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = _checks.check_int(_OWNER, "input_size", input_size, 1)
+        self.hidden_size = _checks.check_int(_OWNER, "hidden_size", hidden_size, 1)
+        self.sparsity = _checks.check_real(_OWNER, "sparsity", sparsity, 0.0, 1.0, low_open=True)
+        self.spectral_radius = _checks.check_real(_OWNER, "spectral_radius", spectral_radius, 0.0)
+        self.gate_type = _checks.check_choice(_OWNER, "gate", gate, GATES)
+        self.path_request = _checks.check_choice(_OWNER, "path", path, PATHS)
+        self.radius_method = _checks.check_choice(_OWNER, "radius_method", radius_method, RADIUS_METHODS)
+        dtype = _checks.check_dtype(_OWNER, dtype)
+        device = torch.device(device) if device is not None else torch.empty(0).device
+        if gate == "dense":
+            _checks.check_dense_fits(_OWNER, "gate", self.hidden_size, dtype, device, _SCALABLE_GATES)
+        if path == "dense":
+            _checks.check_dense_fits(_OWNER, "reservoir (path='dense')", self.hidden_size, dtype, device, "use path='sparse'")
+
+        seed = _checks.check_seed(_OWNER, seed)
+        self.seed = _checks.draw_seed() if seed is None else seed
+        if reservoir is None:
+            check_connections(self.hidden_size, self.sparsity, _OWNER)
+            reservoir = random_reservoir(
+                self.hidden_size, self.sparsity, self.spectral_radius, self.seed, key=(0,),
+                radius_method=self.radius_method,
+            )
+        else:
+            if not isinstance(reservoir, Reservoir):
+                raise TypeError(f"{_OWNER}: expected reservoir to be an esgp_sparse.init.Reservoir, got {type(reservoir).__name__}")
+            if reservoir.size != self.hidden_size:
+                raise ValueError(f"{_OWNER}: expected a reservoir of size hidden_size={self.hidden_size}, got size {reservoir.size}")
+        self.radius = float(reservoir.radius)
+        register_pattern(self, reservoir.crow_indices, reservoir.col_indices, device)
+        self.register_buffer("values", torch.as_tensor(reservoir.values, device=device).to(dtype))
+
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.Win = nn.Linear(self.input_size, self.hidden_size, bias=False, **factory)
+        if gate == "dense":
+            self.gate = nn.Linear(self.hidden_size, self.hidden_size, **factory)
+        elif gate == "diagonal":
+            self.gate = DiagonalGate(self.hidden_size, **factory)
+        else:
+            crow, col = random_pattern(self.hidden_size, self.sparsity, make_rng(self.seed, 1))
+            self.gate = SparseGate(self.hidden_size, crow, col, **factory)
+        self._use_path()
+        self.register_load_state_dict_post_hook(lambda module, _: module._use_path())
+
+    # ------------------------------------------------------------------ conversion from the original
+    @classmethod
+    def from_esgp(cls, cell: nn.Module, **kwargs: Any) -> ESGPCell:
+        """Convert an original ``esgp.ESGPCell`` (PyPI ``esgp`` 0.1.0) into an ``ESGPCell``.
+
+        Its masked matrix ``W * mask`` is taken as-is (no renormalisation; :attr:`radius` reports
+        what it really is), and its learned ``Win`` and ``gate`` are copied, so outputs and gradients
+        match the original's. ``kwargs`` pass on (``path=``, ``device=``, ``dtype=``, ...); the gate
+        is the original's dense one.
+        """
+        for name in ("W", "mask", "Win", "gate", "input_size", "hidden_size"):
+            if not hasattr(cell, name):
+                raise TypeError(f"{_OWNER}.from_esgp: expected an esgp.ESGPCell (it has no {name!r}), got {type(cell).__name__}")
+        if kwargs.get("gate", "dense") != "dense":
+            raise ValueError(f"{_OWNER}.from_esgp: the original's gate is dense, got gate={kwargs['gate']!r}")
+        for name in ("seed", "reservoir"):
+            if name in kwargs:
+                raise TypeError(f"{_OWNER}.from_esgp: {name}= does not apply, the reservoir is the original's")
+        kwargs.setdefault("device", cell.Win.weight.device)
+        kwargs.setdefault("dtype", cell.Win.weight.dtype)
+        matrix = (cell.W * cell.mask).detach().cpu().double().numpy()
+        new = cls(
+            cell.input_size, cell.hidden_size, float(cell.sparsity), float(cell.spectral_radius),
+            reservoir=reservoir_from_matrix(matrix), **kwargs,
+        )
+        with torch.no_grad():
+            new.Win.weight.copy_(cell.Win.weight)
+            new.gate.weight.copy_(cell.gate.weight)
+            new.gate.bias.copy_(cell.gate.bias)
+        return new
+
+    # ------------------------------------------------------------------ derived state
+    @property
+    def nnz(self) -> int:
+        return self.col_indices.numel()
+
+    def _use_path(self) -> None:
+        """Choose the path (unless one was asked for) and rebuild the buffers that derive from it.
+
+        Runs at construction, after every device or dtype move and after ``load_state_dict``.
+        """
+        device = self.values.device
+        if self.path_request != "auto":
+            path = self.path_request
+        else:
+            path = choose_path(self.hidden_size, self.nnz, device.type)
+            if path == "dense":
+                try:
+                    _checks.check_dense_fits(_OWNER, "reservoir", self.hidden_size, self.values.dtype, device, "")
+                except ValueError:
+                    path = "sparse"
+        self.path = path
+        if path == "sparse":
+            derive_pattern(self, "sparse")
+            self.register_buffer("dense_weight", None, persistent=False)
+        else:
+            for name in ("crow_indices_t", "col_indices_t", "perm_t", "row_indices"):
+                self.register_buffer(name, None, persistent=False)
+            dense = csr_to_dense(self.crow_indices, self.col_indices, self.values, self.hidden_size)
+            self.register_buffer("dense_weight", dense, persistent=False)
+        if isinstance(self.gate, SparseGate):
+            derive_pattern(self.gate, path)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self._use_path()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        resize_to_state(self, state_dict, prefix, ("crow_indices", "col_indices", "values"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def get_extra_state(self) -> dict:
+        return {"radius": self.radius, "seed": self.seed}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.radius = float(state["radius"])
+        self.seed = state["seed"]
+
+    # ------------------------------------------------------------------ computation
+    def operands(self, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor, LayerSpec]:
+        """``(recurrent, gate_weight, gate_bias, spec)`` as :mod:`esgp_sparse.ops` takes them."""
+        if self.path == "sparse":
+            recurrent, recurrent_csr = self.values, pattern_csr(self)
+        else:
+            recurrent, recurrent_csr = self.dense_weight, None
+        gate = self.gate
+        if isinstance(gate, SparseGate):
+            if self.path == "sparse":
+                return recurrent, gate.values, gate.bias, LayerSpec(recurrent_csr, "sparse", pattern_csr(gate), compiled)
+            weight = csr_to_dense(gate.crow_indices, gate.col_indices, gate.values, self.hidden_size, gate.row_indices)
+            return recurrent, weight, gate.bias, LayerSpec(recurrent_csr, "dense", None, compiled)
+        kind = "dense" if isinstance(gate, nn.Linear) else "diagonal"
+        return recurrent, gate.weight, gate.bias, LayerSpec(recurrent_csr, kind, None, compiled)
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        """One step: ``h' = g * h~ + (1 - g) * h``. See the class docstring for shapes."""
+        weight = self.Win.weight
+        _checks.check_tensor(_OWNER, "input", x, (1, 2), weight)
+        if x.size(-1) != self.input_size:
+            raise ValueError(f"{_OWNER}: expected input.size(-1) == input_size={self.input_size}, got {x.size(-1)}")
+        batched = x.dim() == 2
+        expected = (x.size(0), self.hidden_size) if batched else (self.hidden_size,)
+        if h is None:
+            h = x.new_zeros(expected)
+        else:
+            _checks.check_tensor(_OWNER, "h", h, (x.dim(),), weight)
+            if tuple(h.shape) != expected:
+                raise ValueError(f"{_OWNER}: expected h of shape {expected}, got {tuple(h.shape)}")
+        recurrent, gate_weight, gate_bias, spec = self.operands()
+        if batched:
+            return esgp_cell(x, h, weight, recurrent, gate_weight, gate_bias, spec)
+        return esgp_cell(x[None], h[None], weight, recurrent, gate_weight, gate_bias, spec)[0]
+
+    def layer(self, x: Tensor, h0: Tensor, batch_first: bool, compiled: bool = False) -> Tensor:
+        """This cell over a whole sequence (no checks; :class:`ESGP` checks its inputs).
+
+        Shape:
+            x: (B, T, I) if batch_first else (T, B, I); h0: (B, H); returns the states like ``x``.
+        """
+        recurrent, gate_weight, gate_bias, spec = self.operands(compiled)
+        return esgp_layer(x, h0, self.Win.weight, recurrent, gate_weight, gate_bias, spec, batch_first)
+
+    def recurrent_weight(self) -> Tensor:
+        """The H x H reservoir actually used, as a torch sparse CSR tensor (a view of the buffers)."""
+        return torch.sparse_csr_tensor(
+            self.crow_indices, self.col_indices, self.values, (self.hidden_size, self.hidden_size)
+        )
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the learned parameters (``Win`` and the gate); the reservoir stays."""
+        self.Win.reset_parameters()
+        self.gate.reset_parameters()
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        if self.sparsity != 0.1:
+            parts.append(f"sparsity={self.sparsity:g}")
+        if self.spectral_radius != 0.9:
+            parts.append(f"spectral_radius={self.spectral_radius:g}")
+        if self.gate_type != "dense":
+            parts.append(f"gate={self.gate_type!r}")
+        if self.path_request != "auto":
+            parts.append(f"path={self.path_request!r}")
+        parts.append(f"path_used={self.path!r}, nnz={self.nnz}, rho={self.radius:.4g}")
+        return ", ".join(parts)

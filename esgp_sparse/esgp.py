@@ -1,0 +1,189 @@
+"""ESGP: a stack of ESGP cells run over whole sequences, with nn.GRU's conventions."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _checks
+from .cell import ESGPCell, GateType, PathRequest
+from .init import RADIUS_METHODS, RadiusMethod, check_connections, derive_seed
+from .ops import GATES, PATHS
+
+_OWNER = "ESGP"
+
+
+class ESGP(nn.Module):
+    r"""A multi-layer Echo State Gated Population network over sequences, like ``nn.GRU``.
+
+    Each layer is an :class:`ESGPCell` (see it for the math and the reservoir); layer ``l > 0``
+    reads the states of layer ``l - 1``, with dropout between layers as in ``nn.GRU``. A drop-in
+    for the original ``esgp.ESGP``: same constructor, ``output, h_n = model(x, h_0)``, ``cells``.
+
+    Each layer runs as one autograd node with a hand-written backward through time (see
+    :func:`esgp_sparse.ops.esgp_layer`); the plain loop it equals is::
+
+        h = h_0[l]
+        for t in range(T):
+            h = cells[l](x[t], h)
+
+    Args:
+        input_size: I, features of the input.
+        hidden_size: H, units per layer.
+        num_layers: stacked layers.
+        sparsity: fraction of recurrent connections **present**, in (0, 1] (0.1 keeps 10 %), as in
+            the original package.
+        spectral_radius: the spectral radius of each reservoir as actually used.
+        batch_first: input and output are (B, T, F) if True (the default, as in the original), else
+            (T, B, F). ``h_0`` and ``h_n`` are (num_layers, B, H) either way.
+        gate: ``"dense"`` (published model), ``"sparse"`` or ``"diagonal"``; see :class:`ESGPCell`.
+        path: ``"auto"``, ``"dense"`` or ``"sparse"``; see :class:`ESGPCell`.
+        dropout: probability of dropout on the outputs of every layer but the last, in [0, 1].
+        seed: seed of the whole stack (layer ``l`` draws from a sub-stream of it); ``None`` draws one
+            from torch's global generator.
+        compile: run each layer's per-step kernels through ``torch.compile`` (compiled once per shape,
+            never unrolled over time).
+        radius_method: see :class:`ESGPCell`.
+        device, dtype: as in ``torch.nn``.
+
+    Shape:
+        input:  (B, T, I) if batch_first else (T, B, I); (T, I) unbatched
+        h_0:    (num_layers, B, H), or (num_layers, H) unbatched; zeros if None
+        output: (B, T, H) if batch_first else (T, B, H); (T, H) unbatched; the last layer's states
+        h_n:    (num_layers, B, H), or (num_layers, H) unbatched; every layer's last state
+
+    Attributes:
+        cells: ``nn.ModuleList`` of the :class:`ESGPCell` of each layer.
+
+    Example::
+
+        >>> model = ESGP(input_size=128, hidden_size=256, num_layers=2, sparsity=0.1, seed=0)
+        >>> output, h_n = model(torch.randn(32, 10, 128))
+        >>> output.shape, h_n.shape
+        (torch.Size([32, 10, 256]), torch.Size([2, 32, 256]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        sparsity: float = 0.1,
+        spectral_radius: float = 0.9,
+        batch_first: bool = True,
+        *,
+        gate: GateType = "dense",
+        path: PathRequest = "auto",
+        dropout: float = 0.0,
+        seed: int | None = None,
+        compile: bool = False,
+        radius_method: RadiusMethod = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._configure(input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile)
+        _checks.check_choice(_OWNER, "radius_method", radius_method, RADIUS_METHODS)
+        check_connections(self.hidden_size, self.sparsity, _OWNER)
+        seed = _checks.check_seed(_OWNER, seed)
+        self.seed = _checks.draw_seed() if seed is None else seed
+        self.cells = nn.ModuleList(
+            ESGPCell(
+                self.input_size if layer == 0 else self.hidden_size, self.hidden_size, self.sparsity,
+                self.spectral_radius, gate=gate, path=path, seed=derive_seed(self.seed, layer),
+                radius_method=radius_method, device=device, dtype=dtype,
+            )
+            for layer in range(self.num_layers)
+        )
+
+    def _configure(self, input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile) -> None:
+        self.input_size = _checks.check_int(_OWNER, "input_size", input_size, 1)
+        self.hidden_size = _checks.check_int(_OWNER, "hidden_size", hidden_size, 1)
+        self.num_layers = _checks.check_int(_OWNER, "num_layers", num_layers, 1)
+        self.sparsity = _checks.check_real(_OWNER, "sparsity", sparsity, 0.0, 1.0, low_open=True)
+        self.spectral_radius = _checks.check_real(_OWNER, "spectral_radius", spectral_radius, 0.0)
+        self.batch_first = _checks.check_bool(_OWNER, "batch_first", batch_first)
+        self.gate_type = _checks.check_choice(_OWNER, "gate", gate, GATES)
+        self.path_request = _checks.check_choice(_OWNER, "path", path, PATHS)
+        self.dropout = _checks.check_real(_OWNER, "dropout", dropout, 0.0, 1.0)
+        self.compile = _checks.check_bool(_OWNER, "compile", compile)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                f"{_OWNER}: dropout={self.dropout:g} acts between layers, and num_layers=1 has none",
+                UserWarning, stacklevel=3,
+            )
+
+    @classmethod
+    def from_esgp(cls, module: nn.Module, **kwargs: Any) -> ESGP:
+        """Convert an original ``esgp.ESGP`` (PyPI ``esgp`` 0.1.0) into an ``ESGP``.
+
+        Every layer's ``W * mask`` is taken as-is (no renormalisation) and its learned weights are
+        copied (see :meth:`ESGPCell.from_esgp`), so outputs and gradients match the original's.
+        ``kwargs``: ``dropout``, ``compile`` for the stack; ``path``, ``device``, ``dtype``,
+        ``radius_method`` pass on to every cell.
+        """
+        for name in ("cells", "input_size", "hidden_size", "num_layers", "sparsity", "spectral_radius", "batch_first"):
+            if not hasattr(module, name):
+                raise TypeError(f"{_OWNER}.from_esgp: expected an esgp.ESGP (it has no {name!r}), got {type(module).__name__}")
+        dropout = kwargs.pop("dropout", 0.0)
+        compile = kwargs.pop("compile", False)
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model._configure(
+            module.input_size, module.hidden_size, module.num_layers, module.sparsity, module.spectral_radius,
+            module.batch_first, kwargs.get("gate", "dense"), kwargs.get("path", "auto"), dropout, compile,
+        )
+        model.seed = None
+        model.cells = nn.ModuleList(ESGPCell.from_esgp(cell, **kwargs) for cell in module.cells)
+        return model
+
+    def forward(self, input: Tensor, h_0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the stack over ``input``; returns ``(output, h_n)``. See the class docstring for shapes."""
+        like = self.cells[0].Win.weight
+        _checks.check_tensor(_OWNER, "input", input, (2, 3), like)
+        if input.size(-1) != self.input_size:
+            raise ValueError(f"{_OWNER}: expected input.size(-1) == input_size={self.input_size}, got {input.size(-1)}")
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(0 if self.batch_first else 1)
+        steps, batch = (x.size(1), x.size(0)) if self.batch_first else (x.size(0), x.size(1))
+        if steps == 0 or batch == 0:
+            raise ValueError(f"{_OWNER}: expected a non-empty sequence and batch, got input of shape {tuple(input.shape)}")
+        h_shape = (self.num_layers, batch, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
+        if h_0 is None:
+            h_0 = x.new_zeros((self.num_layers, batch, self.hidden_size))
+        else:
+            _checks.check_tensor(_OWNER, "h_0", h_0, (len(h_shape),), like)
+            if tuple(h_0.shape) != h_shape:
+                raise ValueError(f"{_OWNER}: expected h_0 of shape {h_shape}, got {tuple(h_0.shape)}")
+            if not batched:
+                h_0 = h_0.unsqueeze(1)
+        last = []
+        for layer, cell in enumerate(self.cells):
+            if layer > 0 and self.dropout > 0:
+                x = F.dropout(x, self.dropout, self.training)
+            x = cell.layer(x, h_0[layer], self.batch_first, self.compile)
+            last.append(x[:, -1] if self.batch_first else x[-1])
+        h_n = torch.stack(last)
+        if not batched:
+            return x.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        return x, h_n
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every layer's learned parameters; the reservoirs stay."""
+        for cell in self.cells:
+            cell.reset_parameters()
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        defaults = dict(num_layers=1, sparsity=0.1, spectral_radius=0.9, batch_first=True, gate_type="dense",
+                        path_request="auto", dropout=0.0, compile=False)
+        names = dict(gate_type="gate", path_request="path")
+        for attr, default in defaults.items():
+            value = getattr(self, attr)
+            if value != default:
+                parts.append(f"{names.get(attr, attr)}={value!r}")
+        return ", ".join(parts)

@@ -1,0 +1,29 @@
+"""Reservoir construction: random sparse patterns and spectral radii (numpy and scipy only)."""
+
+from .radius import DENSE_MAX_SIZE, RADIUS_METHODS, RadiusMethod, has_cycle, spectral_radius
+from .reservoir import (
+    Reservoir,
+    check_connections,
+    derive_seed,
+    index_dtype,
+    make_rng,
+    random_pattern,
+    random_reservoir,
+    reservoir_from_matrix,
+)
+
+__all__ = [
+    "DENSE_MAX_SIZE",
+    "RADIUS_METHODS",
+    "RadiusMethod",
+    "Reservoir",
+    "check_connections",
+    "derive_seed",
+    "has_cycle",
+    "index_dtype",
+    "make_rng",
+    "random_pattern",
+    "random_reservoir",
+    "reservoir_from_matrix",
+    "spectral_radius",
+]

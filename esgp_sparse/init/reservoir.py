@@ -1,0 +1,155 @@
+"""Random sparse reservoirs, built in O(nnz) time and memory."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from .radius import RadiusMethod, has_cycle, spectral_radius
+
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+class Reservoir(NamedTuple):
+    """A square sparse matrix in CSR form and the facts measured on it.
+
+    Attributes:
+        crow_indices: (n + 1,) int32 where every index fits, else int64.
+        col_indices: (nnz,) same dtype, sorted within each row.
+        values: (nnz,) float64.
+        size: n, the number of rows and columns.
+        radius: spectral radius of the matrix these values make.
+    """
+
+    crow_indices: np.ndarray
+    col_indices: np.ndarray
+    values: np.ndarray
+    size: int
+    radius: float
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col_indices.shape[0])
+
+    def to_scipy(self) -> sp.csr_array:
+        return sp.csr_array((self.values, self.col_indices, self.crow_indices), shape=(self.size, self.size))
+
+
+def make_rng(seed: int, *key: int) -> np.random.Generator:
+    """An independent PCG64 stream for ``seed`` and a spawn ``key`` (e.g. layer, role)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def derive_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed for the sub-stream ``key`` of ``seed`` (e.g. one layer of a stack)."""
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def index_dtype(size: int, nnz: int) -> type[np.integer]:
+    """int32 when every CSR index fits in it (half the index memory), else int64."""
+    return np.int32 if max(size, nnz) <= _INT32_MAX else np.int64
+
+
+def random_pattern(size: int, density: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size x size`` CSR pattern, each entry present independently with prob. ``density``.
+
+    The positions of the present entries in row-major order form a Bernoulli process, whose gaps
+    are geometric: drawing the gaps costs O(nnz) time and memory, never O(size^2).
+
+    Returns:
+        ``(crow_indices, col_indices)``, both of ``index_dtype(size, nnz)``.
+    """
+    total = size * size
+    expected = total * density
+    positions = []
+    last = -1
+    while last < total - 1:
+        # Enough gaps to pass the end with overwhelming probability; loop in the rare other case.
+        count = int(expected + 6.0 * math.sqrt(expected) + 16) if not positions else int(expected / 8 + 16)
+        chunk = last + np.cumsum(rng.geometric(density, size=count))
+        positions.append(chunk)
+        last = int(chunk[-1])
+    flat = np.concatenate(positions)
+    flat = flat[: np.searchsorted(flat, total)]
+    rows, cols = np.divmod(flat, size)
+    dtype = index_dtype(size, flat.shape[0])
+    crow = np.zeros(size + 1, dtype=dtype)
+    np.cumsum(np.bincount(rows, minlength=size), out=crow[1:])
+    return crow, cols.astype(dtype)
+
+
+def check_connections(size: int, sparsity: float, owner: str = "random_reservoir") -> None:
+    """Refuse patterns with under one expected connection per unit: nearly nilpotent reservoirs.
+
+    Such a graph has no giant cycle: its spectral radius comes from a few short loops (or is zero),
+    so scaling it to a radius says nothing about the dynamics of the other units.
+    """
+    connections = sparsity * size
+    if connections < 1.0:
+        raise ValueError(
+            f"{owner}: expected at least 1 recurrent connection per unit (sparsity * hidden_size >= 1), "
+            f"got sparsity={sparsity} at hidden_size={size} ({connections:.3g} per unit): such a reservoir "
+            f"is nearly nilpotent (spectral radius near zero); use sparsity >= {1.0 / size:.3g}"
+        )
+
+
+def random_reservoir(
+    size: int,
+    sparsity: float,
+    radius: float,
+    seed: int,
+    *,
+    key: tuple[int, ...] = (),
+    radius_method: RadiusMethod = "auto",
+) -> Reservoir:
+    """A random sparse reservoir whose spectral radius (of the matrix actually stored) is given.
+
+    Each of the ``size^2`` connections is present with probability ``sparsity``; present values are
+    standard normal, then scaled by ``radius / rho`` where ``rho`` is the radius measured
+    on this very sparse matrix (see :func:`spectral_radius`).
+
+    Args:
+        size: number of units n.
+        sparsity: fraction of connections present, in (0, 1] (0.1 keeps 10 %).
+        radius: target spectral radius, >= 0.
+        seed: non-negative integer; the same ``(seed, key)`` gives a bitwise-identical reservoir.
+        key: spawn key that separates streams drawn from one seed (layers, roles).
+        radius_method: see :func:`spectral_radius`.
+
+    Raises:
+        ValueError: under one expected connection per unit, or a drawn pattern without any cycle
+            (radius exactly zero): nothing to scale. No silent redraw.
+    """
+    check_connections(size, sparsity)
+    rng = make_rng(seed, *key)
+    crow, col = random_pattern(size, sparsity, rng)
+    values = rng.standard_normal(col.shape[0])
+    if radius == 0.0:
+        return Reservoir(crow, col, np.zeros_like(values), size, 0.0)
+    matrix = sp.csr_array((values, col, crow), shape=(size, size))
+    if not has_cycle(matrix):
+        raise ValueError(
+            f"random_reservoir: the pattern drawn for seed={seed} (hidden_size={size}, "
+            f"sparsity={sparsity}, nnz={col.shape[0]}) has no cycle, so its spectral radius is 0 and "
+            "cannot be scaled; use a higher sparsity or another seed"
+        )
+    rho = spectral_radius(matrix, radius_method)
+    values *= radius / rho
+    return Reservoir(crow, col, values, size, radius)
+
+
+def reservoir_from_matrix(matrix: np.ndarray | sp.sparray | sp.spmatrix, *, radius_method: RadiusMethod = "auto") -> Reservoir:
+    """Take a given square matrix as-is (its zeros dropped, no rescaling) and measure its radius."""
+    csr = sp.csr_array(matrix, dtype=np.float64)
+    if csr.ndim != 2 or csr.shape[0] != csr.shape[1]:
+        raise ValueError(f"reservoir_from_matrix: expected a square matrix, got shape {csr.shape}")
+    csr.eliminate_zeros()
+    csr.sort_indices()
+    dtype = index_dtype(csr.shape[0], csr.nnz)
+    return Reservoir(
+        csr.indptr.astype(dtype), csr.indices.astype(dtype), csr.data.copy(), csr.shape[0],
+        spectral_radius(csr, radius_method),
+    )

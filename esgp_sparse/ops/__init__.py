@@ -1,0 +1,40 @@
+"""Kernels: the recurrent and gate products (dense, sparse custom ops), the ESGP step and layer, and
+their plain references. Only torch is imported here."""
+
+from .cell import esgp_cell
+from .naive import naive_cell, naive_layer, naive_linear
+from .path import PATHS, Path, PathRequest, choose_path
+from .sequence import GATES, GateKind, LayerSpec, esgp_layer
+from .sparse import (
+    CSR,
+    csr_matmul,
+    csr_row_indices,
+    csr_sampled_matmul,
+    csr_to_dense,
+    csr_transpose,
+    make_csr,
+    sparse_linear,
+)
+
+__all__ = [
+    "CSR",
+    "GATES",
+    "GateKind",
+    "LayerSpec",
+    "PATHS",
+    "Path",
+    "PathRequest",
+    "choose_path",
+    "csr_matmul",
+    "csr_row_indices",
+    "csr_sampled_matmul",
+    "csr_to_dense",
+    "csr_transpose",
+    "esgp_cell",
+    "esgp_layer",
+    "make_csr",
+    "naive_cell",
+    "naive_layer",
+    "naive_linear",
+    "sparse_linear",
+]

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import esgp_sparse.ops.sequence as sequence
+from _testing import TOL, cuda, pattern, reservoir_tensors
+from esgp_sparse.ops import LayerSpec, csr_to_dense, esgp_cell, esgp_layer, naive_cell, naive_layer
+
+T, B, I, H = 11, 3, 4, 29
+
+
+def problem(gate: str, path: str, dtype=torch.float64, device="cpu"):
+    """Inputs and parameters of one layer plus the dense matrices the references take."""
+    torch.manual_seed(0)
+    crow, col, values, dense = reservoir_tensors(H, 0.2, seed=1, dtype=dtype, device=device)
+    gate_csr = pattern(H, 0.2, seed=2, device=device)
+    make = lambda *shape: torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)  # noqa: E731
+    gate_weight = {"dense": make(H, H), "diagonal": make(H), "sparse": make(gate_csr.col.numel())}[gate]
+    p = dict(x=make(T, B, I), h0=make(B, H), input_weight=make(H, I), gate_weight=gate_weight, gate_bias=make(H))
+    if path == "sparse":
+        recurrent, recurrent_csr = values, pattern(H, 0.2, seed=1, device=device)
+    else:
+        recurrent, recurrent_csr = dense, None
+    spec = LayerSpec(recurrent_csr, gate, gate_csr if gate == "sparse" else None)
+    gate_dense = {
+        "dense": lambda w: w,
+        "diagonal": torch.diag,
+        "sparse": lambda w: csr_to_dense(gate_csr.crow, gate_csr.col, w, H),
+    }[gate](gate_weight)
+    return p, recurrent, spec, dense, gate_dense
+
+
+GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("dense", "sparse")]
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
+def test_layer_equals_naive_outputs_and_all_gradients(gate, path, batch_first, monkeypatch):
+    monkeypatch.setattr(sequence, "CHUNK_BYTES", 4 * H * B * 8)  # 4 steps a chunk: 3 chunks, a ragged one
+    p, recurrent, spec, dense, gate_dense = problem(gate, path)
+    ref = naive_layer(p["x"], p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
+    x = p["x"].transpose(0, 1) if batch_first else p["x"]
+    out = esgp_layer(x, p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], spec, batch_first)
+    out = out.transpose(0, 1) if batch_first else out
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    grad = torch.randn_like(ref)
+    inputs = list(p.values())
+    got = torch.autograd.grad(out, inputs, grad, retain_graph=True)
+    want = torch.autograd.grad(ref, inputs, grad)
+    for name, g, w in zip(p, got, want):
+        torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m: f"d/d{name}: {m}")
+
+
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
+def test_cell_equals_naive_outputs_and_gradients(gate, path):
+    p, recurrent, spec, dense, gate_dense = problem(gate, path)
+    x = p["x"][0]
+    out = esgp_cell(x, p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], spec)
+    ref = naive_cell(x, p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    inputs = [p["x"], p["h0"], p["input_weight"], p["gate_weight"], p["gate_bias"]]
+    got = torch.autograd.grad(out.square().sum(), inputs, retain_graph=True)
+    want = torch.autograd.grad(ref.square().sum(), inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
+def test_layer_float32_matches_float64_reference():
+    p, recurrent, spec, dense, gate_dense = problem("dense", "sparse")
+    ref = naive_layer(p["x"], p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
+    f32 = {k: v.detach().float() for k, v in p.items()}
+    out = esgp_layer(f32["x"], f32["h0"], f32["input_weight"], recurrent.float(), f32["gate_weight"], f32["gate_bias"], spec)
+    torch.testing.assert_close(out.double(), ref.detach(), **TOL[torch.float32])
+
+
+def test_layer_gradcheck():
+    p, recurrent, spec, *_ = problem("sparse", "sparse")
+    small = {k: v.detach()[:4].clone().requires_grad_() if k == "x" else v for k, v in p.items()}
+    assert torch.autograd.gradcheck(
+        lambda x, h0, w, gw, gb: esgp_layer(x, h0, w, recurrent, gw, gb, spec), tuple(small.values())
+    )
+
+
+def test_fixed_reservoir_is_enforced():
+    p, recurrent, spec, *_ = problem("dense", "dense")
+    with pytest.raises(ValueError, match="expected a fixed reservoir, got recurrent.requires_grad=True"):
+        esgp_layer(p["x"], p["h0"], p["input_weight"], recurrent.requires_grad_(), p["gate_weight"], p["gate_bias"], spec)
+
+
+def test_chunk_size_bounds():
+    assert sequence.chunk_size(1000, 128, 128, 4) == sequence.CHUNK_BYTES // (128 * 128 * 4)
+    assert sequence.chunk_size(5, 16, 2, 4) == 5
+    assert sequence.chunk_size(100, 10**6, 64, 4) == 1
+
+
+@cuda
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
+def test_layer_on_cuda_matches_cpu(gate, path):
+    results = []
+    for device in ("cpu", "cuda"):
+        p, recurrent, spec, *_ = problem(gate, path, device=device)
+        out = esgp_layer(p["x"], p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], spec)
+        results.append([out, *torch.autograd.grad(out.square().sum(), list(p.values()))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-7, atol=1e-9)

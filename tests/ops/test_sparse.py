@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _testing import TOL, cuda, pattern, reservoir_tensors
+from esgp_sparse.ops import (
+    csr_matmul,
+    csr_row_indices,
+    csr_sampled_matmul,
+    csr_to_dense,
+    csr_transpose,
+    naive_linear,
+    sparse_linear,
+)
+
+
+@pytest.mark.parametrize("hidden, density, batch", [(1, 1.0, 1), (13, 0.3, 5), (257, 0.02, 3)], ids=lambda v: str(v))
+def test_csr_matmul_equals_dense(hidden, density, batch):
+    crow, col, values, dense = reservoir_tensors(hidden, density)
+    x = torch.randn(hidden, batch, dtype=torch.float64)
+    torch.testing.assert_close(csr_matmul(crow, col, values, x), dense @ x, **TOL[torch.float64])
+
+
+def test_int64_indices_work_too():
+    crow, col, values, dense = reservoir_tensors(50, 0.1)
+    x = torch.randn(50, 4, dtype=torch.float64)
+    torch.testing.assert_close(csr_matmul(crow.long(), col.long(), values, x), dense @ x, **TOL[torch.float64])
+
+
+def test_transpose_and_rows():
+    crow, col, values, dense = reservoir_tensors(41, 0.2)
+    crow_t, col_t, perm_t = csr_transpose(crow, col, 41)
+    assert crow_t.dtype == crow.dtype and col_t.dtype == col.dtype
+    torch.testing.assert_close(csr_to_dense(crow_t, col_t, values[perm_t], 41), dense.T)
+    rows = csr_row_indices(crow)
+    torch.testing.assert_close(dense[rows, col.long()], values)
+
+
+def test_sampled_matmul_is_the_product_at_the_pattern():
+    crow, col, values, dense = reservoir_tensors(30, 0.2)
+    a, b = torch.randn(30, 6, dtype=torch.float64), torch.randn(6, 30, dtype=torch.float64)
+    expected = (a @ b)[csr_row_indices(crow), col.long()]
+    torch.testing.assert_close(csr_sampled_matmul(crow, col, a, b), expected, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sparse_linear_equals_naive_outputs_and_gradients(dtype):
+    csr = pattern(63, 0.1)
+    _, _, values, _ = reservoir_tensors(63, 0.1, dtype=dtype)
+    values = values.clone().requires_grad_()
+    x = torch.randn(5, 63, dtype=dtype, requires_grad=True)
+    out = sparse_linear(x, values, *csr)
+    dense = csr_to_dense(csr.crow, csr.col, values, 63)
+    ref = naive_linear(x, dense)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, values), grad)
+    want = torch.autograd.grad(ref, (x, values), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL[dtype])
+
+
+def test_sparse_linear_gradcheck():
+    csr = pattern(17, 0.3)
+    values = torch.randn(csr.col.numel(), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 17, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, v: sparse_linear(x, v, *csr), (x, values))
+
+
+def test_opcheck():
+    csr = pattern(23, 0.2)
+    values = torch.randn(csr.col.numel(), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 23, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(sparse_linear, (x, values, *csr))
+    torch.library.opcheck(csr_matmul, (csr.crow, csr.col, values.detach(), x.detach().t().contiguous()))
+    torch.library.opcheck(
+        csr_sampled_matmul, (csr.crow, csr.col, torch.randn(23, 4, dtype=torch.float64), x.detach())
+    )
+
+
+@cuda
+def test_cuda_matches_cpu():
+    csr = pattern(300, 0.02)
+    values = torch.randn(csr.col.numel(), dtype=torch.float32, requires_grad=True)
+    x = torch.randn(8, 300, requires_grad=True)
+    out = sparse_linear(x, values, *csr)
+    grads = torch.autograd.grad(out.square().sum(), (x, values))
+    dev = [t.detach().cuda().requires_grad_(t.requires_grad) for t in (x, values)]
+    out_cuda = sparse_linear(dev[0], dev[1], *(t.cuda() for t in csr))
+    grads_cuda = torch.autograd.grad(out_cuda.square().sum(), dev)
+    torch.testing.assert_close(out_cuda.cpu(), out, rtol=1e-4, atol=1e-4)
+    for g, h in zip(grads, grads_cuda):
+        torch.testing.assert_close(h.cpu(), g, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,84 @@
+"""torch.compile: no graph breaks anywhere, compiled equals eager, and no unrolling over time.
+
+Inductor compiles cost seconds each on a small CPU, so most checks use the ``aot_eager`` backend
+(which still traces the custom ops' fake and autograd registrations) and two use inductor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from _testing import TOL
+from esgp_sparse import ESGP, ESGPCell
+
+GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("dense", "sparse")]
+IDS = [f"gate-{g}-path-{p}" for g, p in GATES_PATHS]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def make_cell(gate, path, dtype=torch.float32):
+    torch.manual_seed(0)
+    return ESGPCell(5, 40, sparsity=0.15, gate=gate, path=path, seed=1, dtype=dtype)
+
+
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=IDS)
+def test_explain_reports_no_graph_break(gate, path):
+    cell = make_cell(gate, path)
+    explanation = torch._dynamo.explain(cell)(torch.randn(3, 5), torch.randn(3, 40))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def compare_compiled(cell, compiled, dtype):
+    x = torch.randn(3, 5, dtype=dtype, requires_grad=True)
+    h = torch.randn(3, 40, dtype=dtype, requires_grad=True)
+    eager = cell(x, h)
+    got = compiled(x, h)
+    torch.testing.assert_close(got, eager, **TOL[dtype])
+    params = [x, h, *cell.parameters()]
+    grad = torch.randn_like(eager)
+    for g, e in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(eager, params, grad)):
+        torch.testing.assert_close(g, e, **TOL[dtype])
+
+
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=IDS)
+def test_compiled_cell_equals_eager_aot(gate, path):
+    cell = make_cell(gate, path, torch.float64)
+    compare_compiled(cell, torch.compile(cell, fullgraph=True, backend="aot_eager"), torch.float64)
+
+
+def test_compiled_cell_equals_eager_inductor():
+    cell = make_cell("sparse", "sparse")  # both custom ops, forward and backward
+    compare_compiled(cell, torch.compile(cell, fullgraph=True), torch.float32)
+
+
+def test_esgp_compile_compiles_the_step_once_whatever_the_length():
+    torch.manual_seed(0)
+    model = ESGP(3, 40, sparsity=0.15, gate="dense", path="sparse", seed=2, compile=True)
+    eager = ESGP(3, 40, sparsity=0.15, gate="dense", path="sparse", seed=2)
+    eager.load_state_dict(model.state_dict())
+    graphs = []
+    for steps in (3, 12):
+        x = torch.randn(2, steps, 3, requires_grad=True)
+        out, h_n = model(x)
+        ref, ref_h = eager(x)
+        torch.testing.assert_close(out, ref, **TOL[torch.float32])
+        grad = torch.randn_like(out)
+        params = [x, *model.parameters()]
+        got = torch.autograd.grad(out, params, grad)
+        want = torch.autograd.grad(ref, [x, *eager.parameters()], grad)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, **TOL[torch.float32])
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] == 2  # the forward step and the backward step
+    assert graphs[1] == graphs[0]  # a 4x longer sequence compiled nothing new
