@@ -270,7 +270,8 @@ class ESGPCell(nn.Module):
     def recurrent_weight(self) -> Tensor:
         """The H x H reservoir actually used, as a torch sparse CSR tensor (a view of the buffers)."""
         return torch.sparse_csr_tensor(
-            self.crow_indices, self.col_indices, self.values, (self.hidden_size, self.hidden_size)
+            self.crow_indices, self.col_indices, self.values, (self.hidden_size, self.hidden_size),
+            check_invariants=False,  # valid by construction
         )
 
     def reset_parameters(self) -> None:

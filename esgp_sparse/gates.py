@@ -106,7 +106,8 @@ class SparseGate(nn.Module):
     def weight(self) -> Tensor:
         """The gate matrix (H x H) as a torch sparse CSR tensor (shares ``values``)."""
         return torch.sparse_csr_tensor(
-            self.crow_indices, self.col_indices, self.values, (self.hidden_size, self.hidden_size)
+            self.crow_indices, self.col_indices, self.values, (self.hidden_size, self.hidden_size),
+            check_invariants=False,  # valid by construction
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
