@@ -3,7 +3,7 @@
 This study measured the crossover that ``path="auto"`` uses (``esgp_sparse/ops/path.py``)::
 
     python -m pytest benchmarks/test_recurrent_product.py --benchmark-json=.results/product.json
-    python benchmarks/crossover.py .results/product.json
+    python benchmarks/report.py .results/product.json
 """
 
 from __future__ import annotations

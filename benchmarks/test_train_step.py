@@ -1,10 +1,11 @@
 """One training step (forward, MSE on the last state, backward) against the original and nn.GRU/LSTM.
 
     python -m pytest benchmarks/test_train_step.py --benchmark-json=.results/train.json
-    python benchmarks/ratios.py .results/train.json
+    python benchmarks/report.py .results/train.json
 
-Shapes: the original's sequential-MNIST setting (I=1, H=128, T=784, B=128, sparsity 0.1) and
-I=64, H=1024, T=100, B=32, sparsity 0.01.
+Shapes: the original's sequential-MNIST setting (I=1, H=128, T=784, B=128, sparsity 0.1), and
+I=64, T=100, B=32, sparsity 0.01 at H=1024 and H=4096. ``esgp_sparse`` is the published model (dense
+gate, ``path="auto"``); ``esgp_sparse-sparse-gate`` swaps in the learned sparse gate.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from _bench import synchronize
+from _bench import measure_peak, synchronize
 from esgp_sparse import ESGP
 
 esgp = pytest.importorskip("esgp", reason="the original package comes with the bench extra: pip install -e '.[bench]'")
@@ -21,14 +22,19 @@ esgp = pytest.importorskip("esgp", reason="the original package comes with the b
 SHAPES = {
     "smnist": dict(input_size=1, hidden=128, steps=784, batch=128, sparsity=0.1),
     "H1024": dict(input_size=64, hidden=1024, steps=100, batch=32, sparsity=0.01),
+    "H4096": dict(input_size=64, hidden=4096, steps=100, batch=32, sparsity=0.01),
 }
-MODELS = ["esgp_sparse", "esgp_sparse-compiled", "original", "gru", "lstm"]
+MODELS = ["esgp_sparse", "esgp_sparse-sparse-gate", "esgp_sparse-compiled", "original", "gru", "lstm"]
+QUICK = {("smnist", "esgp_sparse"), ("smnist", "original"), ("smnist", "gru"), ("H1024", "esgp_sparse"),
+         ("H1024", "esgp_sparse-sparse-gate"), ("H1024", "original"), ("H1024", "gru")}
 
 
 def build(model: str, s: dict) -> nn.Module:
     i, h = s["input_size"], s["hidden"]
     if model == "esgp_sparse":
         return ESGP(i, h, sparsity=s["sparsity"], seed=0)
+    if model == "esgp_sparse-sparse-gate":
+        return ESGP(i, h, sparsity=s["sparsity"], seed=0, gate="sparse")
     if model == "esgp_sparse-compiled":
         return ESGP(i, h, sparsity=s["sparsity"], seed=0, compile=True)
     if model == "original":
@@ -36,8 +42,10 @@ def build(model: str, s: dict) -> nn.Module:
     return {"gru": nn.GRU, "lstm": nn.LSTM}[model](i, h, batch_first=True)
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize(
+    "shape, model",
+    [pytest.param(s, m, marks=pytest.mark.quick) if (s, m) in QUICK else (s, m) for s in SHAPES for m in MODELS],
+)
 def test_train_step(benchmark, shape, model):
     torch.manual_seed(0)
     s = SHAPES[shape]
@@ -58,5 +66,7 @@ def test_train_step(benchmark, shape, model):
     info = dict(model=model, shape=shape, **s)
     if isinstance(net, ESGP):
         info.update(path=net.cells[0].path, nnz=net.cells[0].nnz, gate=net.gate_type)
+    info.update(peak_mib=measure_peak(step))
     benchmark.extra_info.update(info)
-    benchmark.pedantic(step, rounds=5 if shape == "smnist" else 3, iterations=1, warmup_rounds=1)
+    rounds = {"smnist": 5, "H1024": 3, "H4096": 2}[shape]
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)

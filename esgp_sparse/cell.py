@@ -258,14 +258,16 @@ class ESGPCell(nn.Module):
             return esgp_cell(x, h, weight, recurrent, gate_weight, gate_bias, spec)
         return esgp_cell(x[None], h[None], weight, recurrent, gate_weight, gate_bias, spec)[0]
 
-    def layer(self, x: Tensor, h0: Tensor, batch_first: bool, compiled: bool = False) -> Tensor:
+    def layer(self, x: Tensor, h0: Tensor, batch_first: bool, compiled: bool = False, checkpoint: bool = False) -> Tensor:
         """This cell over a whole sequence (no checks; :class:`ESGP` checks its inputs).
+
+        See :func:`esgp_sparse.ops.esgp_layer` for ``checkpoint``.
 
         Shape:
             x: (B, T, I) if batch_first else (T, B, I); h0: (B, H); returns the states like ``x``.
         """
         recurrent, gate_weight, gate_bias, spec = self.operands(compiled)
-        return esgp_layer(x, h0, self.Win.weight, recurrent, gate_weight, gate_bias, spec, batch_first)
+        return esgp_layer(x, h0, self.Win.weight, recurrent, gate_weight, gate_bias, spec, batch_first, checkpoint)
 
     def recurrent_weight(self) -> Tensor:
         """The H x H reservoir actually used, as a torch sparse CSR tensor (a view of the buffers)."""

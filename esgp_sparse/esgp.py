@@ -47,6 +47,10 @@ class ESGP(nn.Module):
             from torch's global generator.
         compile: run each layer's per-step kernels through ``torch.compile`` (compiled once per shape,
             never unrolled over time).
+        checkpoint: keep only the states for the backward (4 bytes per unit and step in float32, the
+            output itself) instead of states, candidates and gates (12 bytes), and recompute the
+            candidates and gates chunk by chunk in the backward: about one more forward pass, for
+            the largest runs.
         radius_method: see :class:`ESGPCell`.
         device, dtype: as in ``torch.nn``.
 
@@ -81,12 +85,16 @@ class ESGP(nn.Module):
         dropout: float = 0.0,
         seed: int | None = None,
         compile: bool = False,
+        checkpoint: bool = False,
         radius_method: RadiusMethod = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self._configure(input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile)
+        self._configure(
+            input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile,
+            checkpoint,
+        )
         _checks.check_choice(_OWNER, "radius_method", radius_method, RADIUS_METHODS)
         check_connections(self.hidden_size, self.sparsity, _OWNER)
         seed = _checks.check_seed(_OWNER, seed)
@@ -100,7 +108,10 @@ class ESGP(nn.Module):
             for layer in range(self.num_layers)
         )
 
-    def _configure(self, input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile) -> None:
+    def _configure(
+        self, input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile,
+        checkpoint,
+    ) -> None:
         self.input_size = _checks.check_int(_OWNER, "input_size", input_size, 1)
         self.hidden_size = _checks.check_int(_OWNER, "hidden_size", hidden_size, 1)
         self.num_layers = _checks.check_int(_OWNER, "num_layers", num_layers, 1)
@@ -111,6 +122,7 @@ class ESGP(nn.Module):
         self.path_request = _checks.check_choice(_OWNER, "path", path, PATHS)
         self.dropout = _checks.check_real(_OWNER, "dropout", dropout, 0.0, 1.0)
         self.compile = _checks.check_bool(_OWNER, "compile", compile)
+        self.checkpoint = _checks.check_bool(_OWNER, "checkpoint", checkpoint)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 f"{_OWNER}: dropout={self.dropout:g} acts between layers, and num_layers=1 has none",
@@ -123,19 +135,20 @@ class ESGP(nn.Module):
 
         Every layer's ``W * mask`` is taken as-is (no renormalisation) and its learned weights are
         copied (see :meth:`ESGPCell.from_esgp`), so outputs and gradients match the original's.
-        ``kwargs``: ``dropout``, ``compile`` for the stack; ``path``, ``device``, ``dtype``,
-        ``radius_method`` pass on to every cell.
+        ``kwargs``: ``dropout``, ``compile``, ``checkpoint`` for the stack; ``path``, ``device``,
+        ``dtype``, ``radius_method`` pass on to every cell.
         """
         for name in ("cells", "input_size", "hidden_size", "num_layers", "sparsity", "spectral_radius", "batch_first"):
             if not hasattr(module, name):
                 raise TypeError(f"{_OWNER}.from_esgp: expected an esgp.ESGP (it has no {name!r}), got {type(module).__name__}")
         dropout = kwargs.pop("dropout", 0.0)
         compile = kwargs.pop("compile", False)
+        checkpoint = kwargs.pop("checkpoint", False)
         model = cls.__new__(cls)
         nn.Module.__init__(model)
         model._configure(
             module.input_size, module.hidden_size, module.num_layers, module.sparsity, module.spectral_radius,
-            module.batch_first, kwargs.get("gate", "dense"), kwargs.get("path", "auto"), dropout, compile,
+            module.batch_first, kwargs.get("gate", "dense"), kwargs.get("path", "auto"), dropout, compile, checkpoint,
         )
         model.seed = None
         model.cells = nn.ModuleList(ESGPCell.from_esgp(cell, **kwargs) for cell in module.cells)
@@ -165,7 +178,7 @@ class ESGP(nn.Module):
         for layer, cell in enumerate(self.cells):
             if layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            x = cell.layer(x, h_0[layer], self.batch_first, self.compile)
+            x = cell.layer(x, h_0[layer], self.batch_first, self.compile, self.checkpoint)
             last.append(x[:, -1] if self.batch_first else x[-1])
         h_n = torch.stack(last)
         if not batched:
@@ -180,7 +193,7 @@ class ESGP(nn.Module):
     def extra_repr(self) -> str:
         parts = [f"{self.input_size}, {self.hidden_size}"]
         defaults = dict(num_layers=1, sparsity=0.1, spectral_radius=0.9, batch_first=True, gate_type="dense",
-                        path_request="auto", dropout=0.0, compile=False)
+                        path_request="auto", dropout=0.0, compile=False, checkpoint=False)
         names = dict(gate_type="gate", path_request="path")
         for attr, default in defaults.items():
             value = getattr(self, attr)

@@ -183,7 +183,7 @@ BAD_ARGS = [
     (dict(seed=1.0), TypeError, r"expected seed to be a non-negative int or None, got 1.0 \(float\)"),
     (dict(dtype=torch.int64), ValueError, r"expected a floating point dtype, got dtype=torch.int64"),
     (dict(dtype="float32"), TypeError, r"expected dtype to be a torch.dtype or None, got 'float32' \(str\)"),
-    (dict(radius_method="power"), ValueError, r"expected radius_method to be one of"),
+    (dict(radius_method="lanczos"), ValueError, r"expected radius_method to be one of"),
     (dict(hidden_size=100, sparsity=0.005), ValueError, r"expected at least 1 recurrent connection per unit .*got sparsity=0.005 at hidden_size=100 .*nearly nilpotent"),
     (dict(reservoir="W"), TypeError, r"expected reservoir to be an esgp_sparse.init.Reservoir, got str"),
 ]

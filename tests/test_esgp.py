@@ -133,6 +133,21 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, h: model(x, h), (x, h))
 
 
+def test_checkpoint_gives_the_same_gradients():
+    model = ESGP(3, 300, num_layers=2, sparsity=0.02, gate="sparse", seed=0, dtype=torch.float64)
+    light = ESGP(3, 300, num_layers=2, sparsity=0.02, gate="sparse", seed=0, checkpoint=True, dtype=torch.float64)
+    light.load_state_dict(model.state_dict())
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    grads = []
+    for m in (model, light):
+        out, h_n = m(x)
+        (out.square().sum() + h_n.sum()).backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, **TOL[torch.float64])
+    assert "checkpoint=True" in repr(light)
+
+
 def test_no_grad_forward_matches():
     model = ESGP(3, 20, num_layers=2, sparsity=0.2, seed=0)
     x = torch.randn(2, 8, 3)
@@ -146,6 +161,7 @@ BAD_ARGS = [
     (dict(batch_first=1), TypeError, r"expected batch_first to be a bool, got 1 \(int\)"),
     (dict(dropout=1.5), ValueError, r"expected dropout in \[0, 1\], got dropout=1.5"),
     (dict(compile="yes"), TypeError, r"expected compile to be a bool, got 'yes' \(str\)"),
+    (dict(checkpoint=None), TypeError, r"expected checkpoint to be a bool, got None \(NoneType\)"),
     (dict(sparsity=0), ValueError, r"expected sparsity in \(0, 1\], got sparsity=0"),
     (dict(hidden_size=-3), ValueError, r"expected hidden_size >= 1, got hidden_size=-3"),
     (dict(gate="full"), ValueError, r"expected gate to be one of"),

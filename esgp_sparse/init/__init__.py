@@ -1,6 +1,6 @@
 """Reservoir construction: random sparse patterns and spectral radii (numpy and scipy only)."""
 
-from .radius import DENSE_MAX_SIZE, RADIUS_METHODS, RadiusMethod, has_cycle, spectral_radius
+from .radius import ARPACK_MAX_SIZE, DENSE_MAX_SIZE, RADIUS_METHODS, RadiusMethod, has_cycle, spectral_radius
 from .reservoir import (
     Reservoir,
     check_connections,
@@ -13,6 +13,7 @@ from .reservoir import (
 )
 
 __all__ = [
+    "ARPACK_MAX_SIZE",
     "DENSE_MAX_SIZE",
     "RADIUS_METHODS",
     "RadiusMethod",

@@ -22,7 +22,7 @@ class Crossover(NamedTuple):
 
 
 #: Measured with benchmarks/test_recurrent_product.py (one step, B in {32, 128}, float32), read with
-#: benchmarks/crossover.py. CPU (2-core AMD EPYC, torch 2.13): the CSR op costs about 20 us of fixed
+#: benchmarks/report.py. CPU (2-core AMD EPYC, torch 2.13): the CSR op costs about 20 us of fixed
 #: overhead, so dense won at H <= 128 for every density; from H=256 the CSR product won at d <= 0.1
 #: (tied at H=256, B=32, d=0.1; e.g. H=1024, B=32, d=0.01: 47 us against 465 us dense), and lost or
 #: tied from d=0.2-0.3 on.

@@ -114,26 +114,28 @@ def forward_step(u: Tensor, h: Tensor, ops: Operands, spec: LayerSpec, h_out: Te
 
 
 def backward_step(
-    grad_h: Tensor, carry: Tensor, gate: Tensor, gate_slope: Tensor, tanh_slope: Tensor, ops: Operands,
-    spec: LayerSpec, grad_z_out: Tensor, grad_a_out: Tensor,
+    grad_h: Tensor, carry: Tensor, candidate: Tensor, gate: Tensor, h_prev: Tensor, ops: Operands, spec: LayerSpec,
+    grad_z_out: Tensor, grad_a_out: Tensor,
 ) -> Tensor:
     """Reverse of :func:`forward_step`; returns dL/dh (the next carry).
 
-    ``grad_h + carry`` is dL/dh' at this step (``carry`` is overwritten). ``gate_slope =
-    (h~ - h) g (1 - g)`` and ``tanh_slope = 1 - h~^2`` are precomputed per chunk; ``ops`` are the
-    backward :class:`Operands`. Writes dL/dz (gate pre-activation) to ``grad_z_out`` and dL/da
-    (candidate pre-activation) to ``grad_a_out``.
+    ``grad_h + carry`` is dL/dh' at this step (``carry`` is overwritten); ``candidate``, ``gate`` and
+    ``h_prev`` are the step's h~, g and h. Everything is computed from the step's own blocks while
+    they are in cache. ``ops`` are the backward :class:`Operands`. Writes dL/dz (gate
+    pre-activation) to ``grad_z_out`` and dL/da (candidate pre-activation) to ``grad_a_out``.
     """
     rows = spec.rows
     grad = carry.add_(grad_h)  # carry is this loop's own temporary (and keeps its layout)
-    torch.mul(grad, gate_slope, out=grad_z_out)
+    # dL/dz = dL/dh' (h~ - h) g (1 - g)
+    torch.sub(candidate, h_prev, out=grad_z_out).mul_(grad).mul_(torch.addcmul(gate, gate, gate, value=-1))
     grad_candidate = grad * gate
     grad_kept = grad.sub_(grad_candidate)  # dL/dh' (1 - g): the part that skips the cell
     if spec.gate == "diagonal":
         grad_candidate.addcmul_(ops.gate, grad_z_out)
     else:
         _matmul_add_(grad_candidate, grad_z_out, ops.gate, spec.gate_csr, rows, True)
-    torch.mul(grad_candidate, tanh_slope, out=grad_a_out)
+    # dL/da = dL/dh~ (1 - h~^2)
+    torch.addcmul(grad_candidate, grad_candidate * candidate, candidate, value=-1, out=grad_a_out)
     return _matmul_add_(grad_kept, grad_a_out, ops.recurrent, spec.recurrent_csr, rows, True)
 
 
@@ -148,6 +150,13 @@ def _steps(spec: LayerSpec) -> tuple[Callable, Callable]:
     return forward_step, backward_step
 
 
+def _project(x_chunk: Tensor, input_weight: Tensor, rows: bool, out: Tensor | None = None) -> Tensor:
+    """``W_in x_t`` for K steps (x_chunk (K, B, I)) as one batched GEMM: (K, B, H) or (K, H, B)."""
+    if rows:
+        return torch.matmul(x_chunk, input_weight.t(), out=out)
+    return torch.matmul(input_weight, x_chunk.transpose(1, 2), out=out)
+
+
 def chunk_size(steps: int, hidden_size: int, batch: int, element_size: int) -> int:
     """How many time steps one work chunk holds: about ``CHUNK_BYTES`` per (K, B, H) tensor."""
     return max(1, min(steps, CHUNK_BYTES // max(1, hidden_size * batch * element_size)))
@@ -155,7 +164,7 @@ def chunk_size(steps: int, hidden_size: int, batch: int, element_size: int) -> i
 
 class _ESGPLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, input_weight, recurrent, gate_weight, gate_bias, spec: LayerSpec, batch_first: bool, keep: bool):
+    def forward(ctx, x, h0, input_weight, recurrent, gate_weight, gate_bias, spec: LayerSpec, batch_first: bool, keep: bool, checkpoint: bool):
         # x is (B, T, I) if batch_first else (T, B, I); `seq` views it time-major either way.
         seq = x.transpose(0, 1) if batch_first else x
         steps, batch, _ = seq.shape
@@ -165,26 +174,33 @@ class _ESGPLayer(torch.autograd.Function):
         ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
         out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
         out_seq = out.transpose(0, 1) if batch_first else out
-        # `keep`: a backward will follow. Without one, a single scratch block of each suffices.
+        # `keep`: a backward will follow. Without one (or with `checkpoint`, whose backward recomputes
+        # them), a single scratch block of candidates and gates suffices.
+        save_steps = keep and not checkpoint
         candidates, gates = [], []
         k = chunk_size(steps, hidden, batch, x.element_size())
-        h = h0.contiguous() if rows else h0.t().contiguous()
+        block = (batch, hidden) if rows else (hidden, batch)
+        # Reused buffers: the input projection of a chunk, and the state ping-ponging between two.
+        projection = x.new_empty((k, *block))
+        buffers = (x.new_empty(block), x.new_empty(block))
+        h = buffers[1].copy_(h0 if rows else h0.t())
+        out_steps = (out_seq if rows else out_seq.transpose(1, 2)).unbind(0)  # step-layout views
         for start in range(0, steps, k):
             x_chunk = seq[start : start + k]  # (K, B, I)
-            # The input projection of K steps as one (batched) GEMM: (K, B, H) or (K, H, B).
-            inputs = torch.matmul(x_chunk, input_weight.t()) if rows else torch.matmul(input_weight, x_chunk.transpose(1, 2))
+            inputs = _project(x_chunk, input_weight, rows, out=projection[: x_chunk.shape[0]])
             for t, u in enumerate(inputs.unbind(0), start):
-                if keep or not candidates:
+                if save_steps or not candidates:
                     candidates.append(torch.empty_like(u))
                     gates.append(torch.empty_like(u))
-                h_next = torch.empty_like(u)
+                h_next = buffers[t % 2]
                 forward(u, h, ops, spec, h_next, candidates[-1], gates[-1])
-                out_seq[t].copy_(h_next if rows else h_next.t())
+                out_steps[t].copy_(h_next)
                 h = h_next
         ctx.spec, ctx.batch_first = spec, batch_first
         if keep:
             # Saved through autograd, so they are freed right after backward (not when `out` dies).
-            ctx.save_for_backward(x, h0, input_weight, recurrent, gate_weight, gate_bias, out, *candidates, *gates)
+            per_step = (*candidates, *gates) if save_steps else ()
+            ctx.save_for_backward(x, h0, input_weight, recurrent, gate_weight, gate_bias, out, *per_step)
         return out
 
     @staticmethod
@@ -199,35 +215,43 @@ class _ESGPLayer(torch.autograd.Function):
         else:
             seq, out_seq, grad_seq = x, out, grad_out
         steps, batch, hidden = out_seq.shape
-        _, backward = _steps(spec)
+        forward, backward = _steps(spec)
         ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=True)
+        forward_ops = None if per_step else _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
         step_view = (lambda a: a) if rows else (lambda a: a.transpose(-1, -2))  # (.., B, H) -> step layout
         batch_dim = 1 if rows else 2  # of a (K, ., .) chunk in the step layout
+        grad_steps, state_steps = step_view(grad_seq).unbind(0), step_view(out_seq).unbind(0)
 
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_x_seq = None if grad_x is None else (grad_x.transpose(0, 1) if ctx.batch_first else grad_x)
         grad_input_weight = torch.zeros_like(input_weight)
         grad_gate_weight = torch.zeros_like(gate_weight)
         grad_gate_bias = torch.zeros_like(gate_bias)
-        carry = step_view(torch.zeros_like(h0)).contiguous()
+        h0_step = step_view(h0)
+        carry = torch.zeros_like(h0_step, memory_format=torch.contiguous_format)
         k = chunk_size(steps, hidden, batch, out.element_size())
+        # Reused per-chunk buffers: dL/dz, dL/da and (when kept per step) the candidates, for the
+        # chunk's weight-gradient products.
+        grad_z_buf, grad_a_buf = out.new_empty((k, *carry.shape)), out.new_empty((k, *carry.shape))
+        c_buf = out.new_empty((k, *carry.shape)) if per_step else None
         for stop in range(steps, 0, -k):
             start = max(0, stop - k)
-            c, g = torch.stack(candidates[start:stop]), torch.stack(gates[start:stop])  # (K, ., .)
-            if start > 0:
-                h_prev = step_view(out_seq[start - 1 : stop - 1])
-            else:
-                h_prev = step_view(torch.cat((h0[None], out_seq[: stop - 1])))
-            # Elementwise factors of the whole chunk at once (multi-threaded, vectorised).
-            gate_slope = (c - h_prev).mul_(g).mul_(1 - g)
-            tanh_slope = torch.addcmul(torch.ones_like(c), c, c, value=-1)
-            grad_z, grad_a = torch.empty_like(c), torch.empty_like(c)
+            grad_z, grad_a = grad_z_buf[: stop - start], grad_a_buf[: stop - start]
+            if per_step:
+                c, step_c, step_g = c_buf[: stop - start], candidates[start:stop], gates[start:stop]
+            else:  # checkpointed: recompute this chunk's candidates and gates from the saved states
+                c, g = _recompute(seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec, forward)
+                step_c, step_g = c.unbind(0), g.unbind(0)
+            c_steps, grad_z_steps, grad_a_steps = c.unbind(0), grad_z.unbind(0), grad_a.unbind(0)
             for t in range(stop - 1, start - 1, -1):
                 i = t - start
-                grad_t = step_view(grad_seq[t])
-                if spec.compiled:  # its strides depend on T: a copy keeps one compiled graph for all T
-                    grad_t = grad_t.contiguous()
-                carry = backward(grad_t, carry, g[i], gate_slope[i], tanh_slope[i], ops, spec, grad_z[i], grad_a[i])
+                grad_t = grad_steps[t]
+                h_prev = state_steps[t - 1] if t > 0 else h0_step
+                if spec.compiled:  # their strides depend on T: copies keep one compiled graph for all T
+                    grad_t, h_prev = grad_t.contiguous(), h_prev.contiguous()
+                carry = backward(grad_t, carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i])
+                if per_step:
+                    c_steps[i].copy_(step_c[i])  # while it is in cache
             x_chunk = seq[start:stop]  # (K, B, I)
             if grad_x_seq is not None:
                 grad_x_seq[start:stop] = torch.matmul(step_view(grad_a), input_weight)
@@ -242,17 +266,38 @@ class _ESGPLayer(torch.autograd.Function):
                 grad_gate_weight += csr_sampled_matmul(spec.gate_csr.crow, spec.gate_csr.col, rows_zb, cols_bc)
             grad_gate_bias += grad_z.sum((0, batch_dim))
         grad_h0 = carry if rows else carry.t()
-        return grad_x, grad_h0, grad_input_weight, None, grad_gate_weight, grad_gate_bias, None, None, None
+        return grad_x, grad_h0, grad_input_weight, None, grad_gate_weight, grad_gate_bias, None, None, None, None
+
+
+def _recompute(
+    x_chunk: Tensor, start: int, h0: Tensor, out_seq: Tensor, input_weight: Tensor, ops: Operands, spec: LayerSpec,
+    forward: Callable,
+) -> tuple[Tensor, Tensor]:
+    """Candidates and gates of the K steps from ``start`` again, from their inputs (K, B, I) and the
+    saved states. The states are known, so the steps are independent; each runs the forward's own
+    kernel, which makes the results equal to the forward's."""
+    inputs = _project(x_chunk, input_weight, spec.rows)
+    candidates, gates = torch.empty_like(inputs), torch.empty_like(inputs)
+    scratch = torch.empty_like(inputs[0])
+    for i, u in enumerate(inputs.unbind(0)):
+        t = start + i
+        h_prev = (out_seq[t - 1] if spec.rows else out_seq[t - 1].t()) if t > 0 else h0
+        forward(u, h_prev.contiguous(), ops, spec, scratch, candidates[i], gates[i])
+    return candidates, gates
 
 
 def esgp_layer(
     x: Tensor, h0: Tensor, input_weight: Tensor, recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor,
-    spec: LayerSpec, batch_first: bool = False,
+    spec: LayerSpec, batch_first: bool = False, checkpoint: bool = False,
 ) -> Tensor:
     """Run one ESGP layer over a sequence. Equals :func:`esgp_sparse.ops.naive.naive_layer`.
 
     Differentiable in ``x``, ``h0``, ``input_weight``, ``gate_weight`` and ``gate_bias``; the
     reservoir ``recurrent`` is fixed and must not require grad. Double backward is not supported.
+
+    Memory for the backward, per unit and step (float32): the output (4 bytes, returned anyway) plus
+    the candidates and gates (8 bytes). With ``checkpoint=True`` only the output is kept and the
+    backward recomputes candidates and gates chunk by chunk (about one more forward pass).
 
     Shape:
         x: (B, T, I) if batch_first else (T, B, I), any strides; h0: (B, H); input_weight: (H, I)
@@ -265,4 +310,4 @@ def esgp_layer(
     keep = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias)
     )
-    return _ESGPLayer.apply(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, keep)
+    return _ESGPLayer.apply(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, keep, checkpoint)

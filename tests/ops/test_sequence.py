@@ -52,6 +52,23 @@ def test_layer_equals_naive_outputs_and_all_gradients(gate, path, batch_first, m
         torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m: f"d/d{name}: {m}")
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
+def test_checkpoint_recomputes_the_same_gradients(gate, path, batch_first, monkeypatch):
+    monkeypatch.setattr(sequence, "CHUNK_BYTES", 4 * H * B * 8)
+    p, recurrent, spec, *_ = problem(gate, path)
+    x = p["x"].transpose(0, 1) if batch_first else p["x"]
+    args = (x, p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], spec, batch_first)
+    out, out_checkpointed = esgp_layer(*args), esgp_layer(*args, checkpoint=True)
+    assert torch.equal(out, out_checkpointed)
+    assert len(out_checkpointed.grad_fn.saved_tensors) == 7  # inputs and the states, nothing per step
+    assert len(out.grad_fn.saved_tensors) == 7 + 2 * T
+    grad = torch.randn_like(out)
+    inputs = list(p.values())
+    for g, w in zip(torch.autograd.grad(out_checkpointed, inputs, grad), torch.autograd.grad(out, inputs, grad)):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
 def test_cell_equals_naive_outputs_and_gradients(gate, path):
     p, recurrent, spec, dense, gate_dense = problem(gate, path)
