@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from _bench import measure_peak, synchronize
+from _bench import devices, measure_peak, synchronize
 from esgp_sparse import ESGP
 
 esgp = pytest.importorskip("esgp", reason="the original package comes with the bench extra: pip install -e '.[bench]'")
@@ -42,31 +42,32 @@ def build(model: str, s: dict) -> nn.Module:
     return {"gru": nn.GRU, "lstm": nn.LSTM}[model](i, h, batch_first=True)
 
 
-@pytest.mark.parametrize(
-    "shape, model",
-    [pytest.param(s, m, marks=pytest.mark.quick) if (s, m) in QUICK else (s, m) for s in SHAPES for m in MODELS],
-)
-def test_train_step(benchmark, shape, model):
+CASES = [(s, m) for s in SHAPES for m in MODELS]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("shape, model", [pytest.param(*c, marks=pytest.mark.quick) if c in QUICK else c for c in CASES])
+def test_train_step(benchmark, shape, model, device):
     torch.manual_seed(0)
     s = SHAPES[shape]
-    net = build(model, s)
-    x = torch.randn(s["batch"], s["steps"], s["input_size"])
-    target = torch.randn(s["batch"], s["hidden"])
+    net = build(model, s).to(device)
+    x = torch.randn(s["batch"], s["steps"], s["input_size"], device=device)
+    target = torch.randn(s["batch"], s["hidden"], device=device)
 
     def step():
         net.zero_grad(set_to_none=True)
         out = net(x)[0]
         loss = nn.functional.mse_loss(out[:, -1], target)
         loss.backward()
-        synchronize("cpu")
+        synchronize(device)
         return loss
 
     assert torch.isfinite(step())  # warm-up (and compilation), checked once before timing
-    benchmark.group = f"train-step-{shape}"
-    info = dict(model=model, shape=shape, **s)
+    benchmark.group = f"train-step-{shape}" + ("" if device == "cpu" else f"-{device}")
+    info = dict(model=model, shape=shape, device=device, **s)
     if isinstance(net, ESGP):
         info.update(path=net.cells[0].path, nnz=net.cells[0].nnz, gate=net.gate_type)
-    info.update(peak_mib=measure_peak(step))
+    info.update(peak_mib=measure_peak(step, device))
     benchmark.extra_info.update(info)
     rounds = {"smnist": 5, "H1024": 3, "H4096": 2}[shape]
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -2,6 +2,7 @@
 
     python -m esgp_sparse                 # about 60 s on a laptop CPU
     python -m esgp_sparse --seconds 10 --hidden 1024 --gate sparse
+    python -m esgp_sparse --steps 300       # a fixed number of steps: the same result on every run
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(prog="python -m esgp_sparse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="training time budget (default 60)")
+    parser.add_argument("--steps", type=int, help="train for exactly this many steps instead (reproducible)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden units H (default 256)")
     parser.add_argument("--sparsity", type=float, default=0.05, help="fraction of connections present (default 0.05)")
     parser.add_argument("--gate", choices=("dense", "sparse", "diagonal"), default="dense")
@@ -62,11 +64,13 @@ def main(argv: list[str] | None = None) -> float:
     x_test, y_test = adding_problem(1000, args.length, seed=args.seed + 2)
     baseline = float(((y_test - y_test.mean()) ** 2).mean())
 
-    print(f"esgp_sparse: the adding problem (T={args.length}, B={args.batch}) for {args.seconds:g} s; "
+    budget = f"{args.steps} steps" if args.steps else f"{args.seconds:g} s"
+    print(f"esgp_sparse: the adding problem (T={args.length}, B={args.batch}) for {budget}; "
           f"predicting the mean scores an MSE of {baseline:.4f}")
-    progress = Progress(args.seconds)
+    progress = Progress(args.steps, unit=" steps") if args.steps else Progress(args.seconds, unit="s")
+    done = (lambda: steps >= args.steps) if args.steps else (lambda: progress.elapsed >= args.seconds)
     steps, recent = 0, float("nan")
-    while not progress.done:
+    while not done():
         x, y = adding_problem(args.batch, args.length, generator=stream)
         loss = nn.functional.mse_loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -74,9 +78,9 @@ def main(argv: list[str] | None = None) -> float:
         optimizer.step()
         steps += 1
         recent = loss.item() if steps == 1 else 0.95 * recent + 0.05 * loss.item()
-        progress.update(f"step {steps}  loss {recent:.4f}")
+        progress.update(steps if args.steps else progress.elapsed, f"step {steps}  loss {recent:.4f}")
     trained = progress.elapsed
-    progress.close(f"step {steps}  loss {recent:.4f}")
+    progress.close(steps if args.steps else trained, f"step {steps}  loss {recent:.4f}")
 
     model.eval()
     with torch.no_grad():

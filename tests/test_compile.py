@@ -11,7 +11,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from _testing import TOL
+from _testing import TOL, cuda
 from esgp_sparse import ESGP, ESGPCell
 
 GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("dense", "sparse")]
@@ -82,3 +82,34 @@ def test_esgp_compile_compiles_the_step_once_whatever_the_length():
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] == 2  # the forward step and the backward step
     assert graphs[1] == graphs[0]  # a 4x longer sequence compiled nothing new
+
+
+@cuda
+@pytest.mark.parametrize("gate, path", [("sparse", "sparse"), ("dense", "dense")], ids=["sparse-sparse", "dense-dense"])
+def test_compiled_cell_on_cuda(gate, path):
+    cell = make_cell(gate, path).cuda()
+    x, h = torch.randn(3, 5, device="cuda"), torch.randn(3, 40, device="cuda")
+    explanation = torch._dynamo.explain(cell)(x, h)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    x.requires_grad_(True)
+    eager = cell(x, h)
+    compiled = torch.compile(cell, fullgraph=True)(x, h)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    grads = [torch.autograd.grad(y.square().sum(), [x, *cell.parameters()]) for y in (compiled, eager)]
+    for g, e in zip(*grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_esgp_compile_on_cuda():
+    model = ESGP(3, 300, sparsity=0.02, gate="sparse", seed=2, compile=True, device="cuda")
+    eager = ESGP(3, 300, sparsity=0.02, gate="sparse", seed=2, device="cuda")
+    eager.load_state_dict(model.state_dict())
+    x = torch.randn(2, 7, 3, device="cuda")
+    out, ref = model(x)[0], eager(x)[0]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4)

@@ -1,0 +1,294 @@
+"""The original ESGP benchmark table, reproducible: ``python -m esgp_sparse.tasks``.
+
+    python -m esgp_sparse.tasks TASK --models esgp,gru,lstm,esn --epochs N [--hidden H] [--quick]
+                                     [--out results.json] [--plot curves.png] [--data-dir DIR]
+
+TASK is one of ``mackey_glass``, ``adding``, ``copy``, ``delayed_response``, ``smnist`` (see
+:mod:`esgp_sparse.datasets` for their definitions). Every model gets the same data, the same
+linear head, the same optimiser (Adam, lr 1e-3, gradient norm clipped to 1) and the same epochs;
+each prints its parameter count beside its score, and a markdown table closes the run.
+
+Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``gru`` and
+``lstm`` (``torch.nn``), and ``esn``, the classic echo state network built from the same layer: the
+gate fixed open (so h_t = tanh(W_in x_t + W h_{t-1})), the random input weights frozen, only the
+linear readout trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy
+import torch
+from torch import Tensor, nn
+
+from . import ESGP, __version__, datasets
+from ._progress import Progress
+
+Data = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark task: its data, what the model predicts, and how it is scored."""
+
+    name: str
+    summary: str
+    input_size: int
+    output_size: int
+    outputs: Callable[[Tensor], int]  # how many final steps are scored, from y (0: the last only)
+    loss: str  # "mse" or "cross_entropy"
+    metric: str  # "MAE", "MSE" or "accuracy"
+    reference: dict  # the original's published number per model (30 epochs, H=128)
+    batch_size: int
+    data: Callable[[bool, int, Path | None], Data]
+
+
+def _split(make: Callable[[int, int], tuple[Tensor, Tensor]], n_train: int, n_test: int, seed: int) -> Data:
+    x, y = make(n_train, seed)
+    x_test, y_test = make(n_test, seed + 10_000)
+    return x, y, x_test, y_test
+
+
+def _mnist(quick: bool, seed: int, data_dir: Path | None) -> Data:
+    if quick or data_dir is None:
+        n_train, n_test, size = (256, 128, 14) if quick else (10_000, 2_000, 28)
+        train = datasets.synthetic_digits(n_train, seed=seed, size=size)
+        test = datasets.synthetic_digits(n_test, seed=seed + 10_000, size=size)
+    else:
+        train, test = datasets.load_mnist(data_dir, "train"), datasets.load_mnist(data_dir, "test")
+        limit = int(os.environ.get("ESGP_MNIST_TRAIN", train[0].shape[0]))
+        order = torch.randperm(train[0].shape[0], generator=torch.Generator().manual_seed(seed))[:limit]
+        train = (train[0][order], train[1][order])
+    return (*datasets.sequential_images(*train), *datasets.sequential_images(*test))
+
+
+TASKS = {
+    "mackey_glass": Task(
+        "mackey_glass", "Mackey-Glass (tau=17) one-step-ahead prediction, windows of 100 steps", 1, 1,
+        lambda y: y.shape[1], "mse", "MAE", {"lstm": 0.00141, "gru": 0.000549, "esn": 0.001378, "esgp": 0.000363}, 16,
+        lambda quick, seed, _: datasets.mackey_glass_task(*((40, 10, 50) if quick else (200, 50, 100)), seed=seed),
+    ),
+    "adding": Task(
+        "adding", "adding problem, T=100 (quick: 30)", 2, 1, lambda y: 0, "mse", "MSE",
+        {"lstm": 0.17, "gru": 0.14, "esn": 0.17, "esgp": 0.05}, 64,
+        lambda quick, seed, _: _split(
+            lambda n, s: datasets.adding_problem(n, 30 if quick else 100, seed=s), *((512, 256) if quick else (10_000, 1_000)), seed
+        ),
+    ),
+    "copy": Task(
+        "copy", "copy task: 10 symbols of 8, recalled after 20 blank steps (quick: 5 after 5)", 2, 1,
+        lambda y: y.shape[1], "mse", "MSE", {"lstm": 5.26, "gru": 0.01, "esn": 4.99, "esgp": 3.13}, 64,
+        lambda quick, seed, _: _split(
+            lambda n, s: datasets.copy_task(n, *((5, 5) if quick else (10, 20)), seed=s), *((512, 256) if quick else (10_000, 1_000)), seed
+        ),
+    ),
+    "delayed_response": Task(
+        "delayed_response", "delayed response: U(0, 1) input reproduced 10 steps later, T=100 (quick: 5, 30)", 1, 1,
+        lambda y: y.shape[1], "mse", "MSE", {"lstm": 0.082, "gru": 0.082, "esn": 0.082, "esgp": 0.081}, 64,
+        lambda quick, seed, _: _split(
+            lambda n, s: datasets.delayed_response(n, *((30, 5) if quick else (100, 10)), seed=s), *((512, 256) if quick else (5_000, 500)), seed
+        ),
+    ),
+    "smnist": Task(
+        "smnist", "sequential images, one pixel a step: MNIST from --data-dir, else synthetic digits", 1, 10,
+        lambda y: 0, "cross_entropy", "accuracy", {"lstm": 18.86, "gru": 62.65, "esn": 12.14, "esgp": 75.94}, 128, _mnist,
+    ),
+}
+MODELS = ("esgp", "gru", "lstm", "esn")
+
+
+class SequenceModel(nn.Module):
+    """A recurrent core and a linear head on the scored steps (the last one, or the last ``k``)."""
+
+    def __init__(self, core: nn.Module, hidden_size: int, output_size: int) -> None:
+        super().__init__()
+        self.core = core
+        self.head = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor, scored: int) -> Tensor:
+        states = self.core(x)[0]
+        return self.head(states[:, -1] if scored == 0 else states[:, -scored:])
+
+
+def build_model(name: str, task: Task, hidden: int, seed: int) -> SequenceModel:
+    torch.manual_seed(seed)
+    i = task.input_size
+    if name == "esgp":
+        core = ESGP(i, hidden, sparsity=0.1, spectral_radius=0.9, seed=seed)
+    elif name == "esn":
+        core = ESGP(i, hidden, sparsity=0.1, spectral_radius=0.9, gate="diagonal", seed=seed)
+        with torch.no_grad():  # the gate fixed open: sigmoid(0 * h~ + 40) is exactly 1.0 in float32
+            core.cells[0].gate.weight.zero_()
+            core.cells[0].gate.bias.fill_(40.0)
+        core.requires_grad_(False)  # input weights and gate frozen: only the readout learns
+    elif name in ("gru", "lstm"):
+        core = {"gru": nn.GRU, "lstm": nn.LSTM}[name](i, hidden, batch_first=True)
+    else:
+        raise ValueError(f"tasks: expected a model in {MODELS}, got {name!r}")
+    return SequenceModel(core, hidden, task.output_size)
+
+
+def _loss(task: Task, prediction: Tensor, target: Tensor) -> Tensor:
+    if task.loss == "cross_entropy":
+        return nn.functional.cross_entropy(prediction, target)
+    return nn.functional.mse_loss(prediction, target)
+
+
+@torch.no_grad()
+def evaluate(model: SequenceModel, task: Task, x: Tensor, y: Tensor, batch_size: int) -> float:
+    """The task's metric on (x, y): MAE or MSE over every scored value, or accuracy in %."""
+    model.eval()
+    total, count = 0.0, 0
+    scored = task.outputs(y)
+    for start in range(0, x.shape[0], batch_size):
+        prediction, target = model(x[start : start + batch_size], scored), y[start : start + batch_size]
+        if task.metric == "accuracy":
+            total += float((prediction.argmax(1) == target).sum())
+            count += target.shape[0]
+        else:
+            error = prediction - target
+            total += float(error.abs().sum() if task.metric == "MAE" else error.square().sum())
+            count += target.numel()
+    model.train()
+    return 100.0 * total / count if task.metric == "accuracy" else total / count
+
+
+def train(model: SequenceModel, task: Task, data: Data, epochs: int, seed: int, label: str) -> dict:
+    """Adam (lr 1e-3) with the gradient norm clipped to 1; the metric on the test set after each epoch."""
+    x, y, x_test, y_test = data
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    scored = task.outputs(y)
+    batches = math.ceil(x.shape[0] / task.batch_size)
+    curve, losses = [], []
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(x.shape[0], generator=generator)
+        bar = Progress(batches, unit=" batches", label=f"{label} epoch {epoch + 1}/{epochs}")
+        running = float("nan")
+        for i in range(batches):
+            index = order[i * task.batch_size : (i + 1) * task.batch_size]
+            loss = _loss(task, model(x[index], scored), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            running = loss.item() if i == 0 else 0.9 * running + 0.1 * loss.item()
+            bar.update(i + 1, f"loss {running:.4g}")
+        curve.append(evaluate(model, task, x_test, y_test, 4 * task.batch_size))
+        losses.append(running)
+        bar.close(batches, f"loss {running:.4g}  test {task.metric} {curve[-1]:.4g}")
+    return dict(curve=curve, train_loss=losses, seconds=time.perf_counter() - start)
+
+
+def environment() -> dict:
+    return dict(
+        versions=dict(esgp_sparse=__version__, torch=torch.__version__, numpy=np.__version__, scipy=scipy.__version__,
+                      python=platform.python_version()),
+        machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                     cpus=os.cpu_count(), torch_threads=torch.get_num_threads()),
+    )
+
+
+def markdown(results: dict) -> str:
+    task = TASKS[results["task"]]
+    better = "higher" if task.metric == "accuracy" else "lower"
+    lines = [
+        f"{task.summary}; {results['epochs']} epochs, H={results['hidden']}, seed {results['seed']} ({better} is better)",
+        "",
+        f"| model | parameters | test {task.metric} | original's published {task.metric} | train time |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in results["models"].items():
+        published = task.reference.get(name)
+        lines.append(f"| {name} | {row['parameters']:,} | {row['curve'][-1]:.4g} | "
+                     f"{'-' if published is None else published} | {row['seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # matplotlib comes with the bench extra
+        raise SystemExit(f"tasks: --plot needs matplotlib (pip install matplotlib): {error}") from error
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        task = TASKS[result["task"]]
+        for name, row in result["models"].items():
+            ax.plot(range(1, len(row["curve"]) + 1), row["curve"], marker=".", label=f"{name} ({row['parameters']:,})")
+        ax.set(title=result["task"], xlabel="epoch", ylabel=f"test {task.metric}")
+        if task.metric != "accuracy":
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(task_name: str, models: list[str], epochs: int, hidden: int, quick: bool, seed: int, data_dir: Path | None) -> dict:
+    task = TASKS[task_name]
+    data = task.data(quick, seed, data_dir)
+    print(f"{task.name}: {task.summary}; train {tuple(data[0].shape)}, test {tuple(data[2].shape)}; "
+          f"H={hidden}, {epochs} epochs, seed {seed}")
+    results = dict(task=task.name, epochs=epochs, hidden=hidden, quick=quick, seed=seed, metric=task.metric,
+                   data=("MNIST from " + str(data_dir)) if task.name == "smnist" and data_dir and not quick else "generated",
+                   train_shape=list(data[0].shape), test_shape=list(data[2].shape), **environment(), models={})
+    for name in models:
+        model = build_model(name, task, hidden, seed)
+        parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"{name}: {parameters:,} trained parameters")
+        row = train(model, task, data, epochs, seed, name)
+        results["models"][name] = dict(parameters=parameters, **row)
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m esgp_sparse.tasks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tasks", nargs="+", choices=sorted(TASKS), metavar="TASK", help=f"one or more of {sorted(TASKS)}")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from esgp,gru,lstm,esn")
+    parser.add_argument("--epochs", type=int, help="training epochs (default 30, quick 2)")
+    parser.add_argument("--hidden", type=int, help="hidden units H (default 128, quick 32)")
+    parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files (smnist); synthetic digits without it")
+    parser.add_argument("--out", type=Path, help="write the results (JSON) here")
+    parser.add_argument("--plot", help="draw the learning curves to this image file (needs matplotlib)")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        parser.error(f"--models: expected names from {','.join(MODELS)}, got {args.models!r}")
+    epochs = args.epochs if args.epochs is not None else (2 if args.quick else 30)
+    hidden = args.hidden if args.hidden is not None else (32 if args.quick else 128)
+    if epochs < 1 or hidden < 1:
+        parser.error(f"--epochs and --hidden must be >= 1, got {epochs} and {hidden}")
+    results = [run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir) for t in args.tasks]
+    for result in results:
+        print()
+        print(markdown(result))
+    if args.out:
+        args.out.write_text(json.dumps(results if len(results) > 1 else results[0], indent=1))
+    if args.plot:
+        plot(results, args.plot)
+    sys.stdout.flush()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from esgp_sparse import tasks
+
+
+def test_quick_run_end_to_end(tmp_path, capsys):
+    out, image = tmp_path / "results.json", tmp_path / "curves.png"
+    tasks.main(["adding", "--quick", "--models", "esgp,esn,gru", "--epochs", "2", "--seed", "3",
+                "--out", str(out), "--plot", str(image)])
+    printed = capsys.readouterr()
+    assert "| model | parameters | test MSE |" in printed.out and "| esn | 33 |" in printed.out
+    assert "epoch 2/2" in printed.err  # a progress bar per epoch
+    result = json.loads(out.read_text())
+    assert result["task"] == "adding" and result["seed"] == 3 and result["quick"] is True
+    assert {"torch", "numpy", "scipy", "esgp_sparse", "python"} <= set(result["versions"])
+    assert result["machine"]["cpus"] >= 1
+    assert list(result["models"]) == ["esgp", "esn", "gru"]
+    hidden, inputs = 32, 2
+    expected = {"esgp": inputs * hidden + hidden * hidden + hidden + hidden + 1, "esn": hidden + 1,
+                "gru": 3 * (inputs * hidden + hidden * hidden + 2 * hidden) + hidden + 1}
+    for name, row in result["models"].items():
+        assert row["parameters"] == expected[name]
+        assert len(row["curve"]) == 2 and all(v >= 0 for v in row["curve"])
+    assert image.stat().st_size > 10_000
+
+
+def test_esn_is_the_classic_echo_state_network():
+    model = tasks.build_model("esn", tasks.TASKS["adding"], 20, seed=0)
+    cell = model.core.cells[0]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    x = torch.randn(3, 7, 2)
+    h = torch.zeros(3, 20)
+    w = cell.recurrent_weight().to_dense()
+    for t in range(7):  # the gate fixed open: h_t = tanh(W_in x_t + W h_{t-1})
+        h = torch.tanh(x[:, t] @ cell.Win.weight.T + h @ w.T)
+    torch.testing.assert_close(model.core(x)[0][:, -1], h)
+
+
+def test_every_task_has_data_of_the_declared_sizes():
+    for task in tasks.TASKS.values():
+        x, y, x_test, y_test = task.data(True, 0, None)
+        assert x.dim() == 3 and x.shape[2] == task.input_size and x_test.shape[1:] == x.shape[1:]
+        model = tasks.build_model("esgp", task, 16, seed=0)
+        prediction = model(x[:4], task.outputs(y))
+        if task.loss == "cross_entropy":
+            assert prediction.shape == (4, task.output_size) and y.dtype == torch.int64
+        else:
+            assert prediction.shape == y[:4].shape
+
+
+def test_bad_model_names():
+    with pytest.raises(SystemExit):
+        tasks.main(["adding", "--quick", "--models", "esgp,transformer"])
+    with pytest.raises(ValueError, match=r"tasks: expected a model in \('esgp', 'gru', 'lstm', 'esn'\), got 'rnn'"):
+        tasks.build_model("rnn", tasks.TASKS["adding"], 8, 0)
