@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import time
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,48 +24,27 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def peak_rss_mib(**options) -> float:
+    """Peak RSS (MiB) of a fresh process that builds a model and runs it: benchmarks/peak_memory.py
+    with these options (``hidden=4096`` becomes ``--hidden 4096``; ``True`` a bare flag).
+
+    A fresh process, because inside this one the allocator's free lists hide what a call needs."""
+    args = [sys.executable, str(Path(__file__).with_name("peak_memory.py"))]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not False and value is not None:
+            args += [flag, str(value)]
+    result = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
-class PeakMemory:
-    """Peak memory a block adds: on CUDA ``max_memory_allocated``; on CPU the resident set, sampled
-    every millisecond by a thread (Linux), above its level at entry. ``.mib`` after the block."""
-
-    def __init__(self, device: str = "cpu") -> None:
-        self.device = device
-        self.mib = float("nan")
-
-    def __enter__(self) -> PeakMemory:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-            return self
-        self._base = self._peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, _rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
-            return
-        self._stop.set()
-        self._thread.join()
-        self.mib = (max(self._peak, _rss()) - self._base) / 2**20
-
-
-def measure_peak(fn, device: str = "cpu") -> float:
-    """Run ``fn`` once (untimed) and return the peak memory it added, in MiB."""
-    with PeakMemory(device) as peak:
-        fn()
-    return peak.mib
+def cuda_peak_mib(fn) -> float:
+    """Peak CUDA memory (MiB) allocated while ``fn`` runs, above what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20

@@ -1,5 +1,7 @@
 """Plot the scaling studies: time and peak memory against hidden size, log-log, one line per
-model / gate / path (and connections per unit), one row of panels per benchmark group.
+model / gate / path (and connections per unit), one row of panels per benchmark group. The memory is
+each benchmark's ``peak_mib``: on CPU the peak RSS of a fresh process that builds and runs the model
+(benchmarks/peak_memory.py), on CUDA the memory a call adds.
 
     python benchmarks/plot.py RESULTS.json [MORE.json ...] -o FILE.png [--groups construction scaling-train-cpu]
 """
@@ -42,7 +44,7 @@ def plot(groups: dict, path: str) -> None:
             if memory:
                 memory_ax.plot(*zip(*memory), marker="o", label=name)
         time_ax.set(xscale="log", yscale="log", xlabel="hidden size H", ylabel="median time (s)", title=group)
-        memory_ax.set(xscale="log", yscale="log", xlabel="hidden size H", ylabel="peak memory added (MiB)",
+        memory_ax.set(xscale="log", yscale="log", xlabel="hidden size H", ylabel="peak memory (MiB)",
                       title=f"{group}: memory")
         for ax in (time_ax, memory_ax):
             ax.grid(True, which="both", alpha=0.3)

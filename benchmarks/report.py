@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections import defaultdict
 
 
@@ -20,7 +21,11 @@ def load(paths: list[str]) -> list[dict]:
     rows = []
     for path in paths:
         with open(path) as f:
-            rows.extend(json.load(f)["benchmarks"])
+            data = json.load(f)
+        if not isinstance(data, dict) or "benchmarks" not in data:  # e.g. the task runner's results
+            print(f"report: skipping {path}: not a pytest-benchmark JSON file", file=sys.stderr)
+            continue
+        rows.extend(data["benchmarks"])
     return rows
 
 

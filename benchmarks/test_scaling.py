@@ -4,7 +4,8 @@
     python benchmarks/plot.py .results/scaling.json -o scaling.png
 
 The train step is forward, a mean-square loss over all outputs and backward (no optimizer).
-``peak_mib`` in ``extra_info`` is the memory one step adds (resident set on CPU).
+``peak_mib`` in ``extra_info``: on CPU the peak RSS of a fresh process that builds the model and runs
+one such step with a linear readout (benchmarks/peak_memory.py); on CUDA the memory the step adds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import functools
 import pytest
 import torch
 
-from _bench import devices, measure_peak, synchronize
+from _bench import cuda_peak_mib, devices, peak_rss_mib, synchronize
 from esgp_sparse import ESGP
 
 I, T, B = 16, 32, 8
@@ -51,9 +52,17 @@ def info(net: ESGP, hidden: int, per_unit: int, device: str) -> dict:
                 model=f"gate={net.gate_type} path={cell.path}")
 
 
+def peak(fn, device: str, hidden: int, per_unit: int, gate: str, path: str, forward: bool) -> float:
+    if device == "cuda":
+        return cuda_peak_mib(fn)
+    return peak_rss_mib(hidden=hidden, per_unit=per_unit, gate=gate, path=path, batch=B, steps=T, input_size=I,
+                        repeats=1, forward=forward, no_optimizer=True)
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("hidden, per_unit, gate, path", CASES, ids=IDS)
-def test_forward(benchmark, hidden, per_unit, gate, path, device):
+@pytest.mark.parametrize("kind", ["forward", "train"])
+def test_scaling(benchmark, kind, hidden, per_unit, gate, path, device):
     net = model(hidden, per_unit, gate, path, device)
     x = torch.randn(B, T, I, device=device)
 
@@ -63,18 +72,6 @@ def test_forward(benchmark, hidden, per_unit, gate, path, device):
         synchronize(device)
         return out
 
-    assert torch.isfinite(forward()).all()
-    benchmark.group = f"scaling-forward-{device}"
-    benchmark.extra_info.update(info(net, hidden, per_unit, device), peak_mib=measure_peak(forward, device))
-    benchmark.pedantic(forward, rounds=3 if hidden < 1_000_000 else 1, iterations=1, warmup_rounds=0)
-
-
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("hidden, per_unit, gate, path", CASES, ids=IDS)
-def test_train_step(benchmark, hidden, per_unit, gate, path, device):
-    net = model(hidden, per_unit, gate, path, device)
-    x = torch.randn(B, T, I, device=device)
-
     def step():
         net.zero_grad(set_to_none=True)
         loss = net(x)[0].square().mean()
@@ -82,7 +79,9 @@ def test_train_step(benchmark, hidden, per_unit, gate, path, device):
         synchronize(device)
         return loss
 
-    assert torch.isfinite(step())
-    benchmark.group = f"scaling-train-{device}"
-    benchmark.extra_info.update(info(net, hidden, per_unit, device), peak_mib=measure_peak(step, device))
-    benchmark.pedantic(step, rounds=3 if hidden < 1_000_000 else 1, iterations=1, warmup_rounds=0)
+    run = forward if kind == "forward" else step
+    assert torch.isfinite(run()).all()  # warm-up, checked once before timing
+    benchmark.group = f"scaling-{kind}-{device}"
+    peak_mib = peak(run, device, hidden, per_unit, gate, path, forward=kind == "forward")
+    benchmark.extra_info.update(info(net, hidden, per_unit, device), peak_mib=peak_mib)
+    benchmark.pedantic(run, rounds=3 if hidden < 1_000_000 else 1, iterations=1, warmup_rounds=0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from _bench import devices, measure_peak, synchronize
+from _bench import cuda_peak_mib, devices, peak_rss_mib, synchronize
 from esgp_sparse import ESGP
 
 esgp = pytest.importorskip("esgp", reason="the original package comes with the bench extra: pip install -e '.[bench]'")
@@ -67,7 +67,14 @@ def test_train_step(benchmark, shape, model, device):
     info = dict(model=model, shape=shape, device=device, **s)
     if isinstance(net, ESGP):
         info.update(path=net.cells[0].path, nnz=net.cells[0].nnz, gate=net.gate_type)
-    info.update(peak_mib=measure_peak(step, device))
+    if device == "cuda":
+        info.update(peak_mib=cuda_peak_mib(step))
+    elif model != "esgp_sparse-compiled":  # a fresh process builds and steps the same model (no compile)
+        kind = {"esgp_sparse": ("esgp_sparse", "dense"), "esgp_sparse-sparse-gate": ("esgp_sparse", "sparse")}
+        name, gate = kind.get(model, (model, None))
+        info.update(peak_mib=peak_rss_mib(model=name, gate=gate, hidden=s["hidden"], sparsity=s["sparsity"],
+                                          input_size=s["input_size"], steps=s["steps"], batch=s["batch"],
+                                          repeats=1, no_optimizer=True))
     benchmark.extra_info.update(info)
     rounds = {"smnist": 5, "H1024": 3, "H4096": 2}[shape]
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -88,11 +88,17 @@ def device_memory(device: torch.device) -> int | None:
     return None
 
 
+def dense_fits(hidden_size: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a dense ``hidden_size x hidden_size`` matrix fits in the device's whole memory (True
+    where that memory cannot be told)."""
+    have = device_memory(device)
+    return have is None or hidden_size * hidden_size * dtype.itemsize <= have
+
+
 def check_dense_fits(owner: str, what: str, hidden_size: int, dtype: torch.dtype, device: torch.device, fix: str) -> None:
     """Refuse a dense ``hidden_size x hidden_size`` matrix larger than the device's whole memory."""
-    need = hidden_size * hidden_size * dtype.itemsize
-    have = device_memory(device)
-    if have is not None and need > have:
+    if not dense_fits(hidden_size, dtype, device):
+        need, have = hidden_size * hidden_size * dtype.itemsize, device_memory(device)
         raise ValueError(
             f"{owner}: a dense {hidden_size} x {hidden_size} {what} needs {need / 2**30:,.1f} GiB, more than the "
             f"{have / 2**30:,.1f} GiB of the {device.type} device; {fix}"

@@ -142,7 +142,7 @@ class ESGPCell(nn.Module):
             crow, col = random_pattern(self.hidden_size, self.sparsity, make_rng(self.seed, 1))
             self.gate = SparseGate(self.hidden_size, crow, col, **factory)
         self._use_path()
-        self.register_load_state_dict_post_hook(lambda module, _: module._use_path())
+        self.register_load_state_dict_post_hook(_use_path_after_load)
 
     # ------------------------------------------------------------------ conversion from the original
     @classmethod
@@ -190,11 +190,8 @@ class ESGPCell(nn.Module):
             path = self.path_request
         else:
             path = choose_path(self.hidden_size, self.nnz, device.type)
-            if path == "dense":
-                try:
-                    _checks.check_dense_fits(_OWNER, "reservoir", self.hidden_size, self.values.dtype, device, "")
-                except ValueError:
-                    path = "sparse"
+            if path == "dense" and not _checks.dense_fits(self.hidden_size, self.values.dtype, device):
+                path = "sparse"
         self.path = path
         if path == "sparse":
             derive_pattern(self, "sparse")
@@ -293,3 +290,8 @@ class ESGPCell(nn.Module):
             parts.append(f"path={self.path_request!r}")
         parts.append(f"path_used={self.path!r}, nnz={self.nnz}, rho={self.radius:.4g}")
         return ", ".join(parts)
+
+
+def _use_path_after_load(module: ESGPCell, incompatible_keys) -> None:
+    # A module-level function rather than a lambda, so that a whole model still pickles.
+    module._use_path()

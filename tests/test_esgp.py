@@ -126,6 +126,20 @@ def test_state_dict_round_trip_and_double():
     torch.testing.assert_close(out.float(), target(x)[0], **TOL[torch.float32])
 
 
+def test_whole_model_pickles_and_deep_copies(tmp_path):
+    import copy
+
+    model = ESGP(3, 300, num_layers=2, sparsity=0.02, gate="sparse", seed=0)
+    x = torch.randn(2, 5, 3)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    twin = copy.deepcopy(model)
+    for other in (loaded, twin):
+        assert torch.equal(other(x)[0], model(x)[0])
+        other.load_state_dict(model.state_dict())  # the post-load hook survives the round trip
+        assert other.cells[1].path == "sparse"
+
+
 def test_gradcheck_float64():
     model = ESGP(2, 10, num_layers=2, sparsity=0.3, gate="sparse", path="sparse", seed=0, dtype=torch.float64)
     x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
