@@ -6,8 +6,8 @@ Every generator returns ``(x, y)`` with ``x`` of shape (N, T, I), batch first:
 ============================  ===========  ============  ============================================
 task                          x            y             loss and score
 ============================  ===========  ============  ============================================
-:func:`mackey_glass_task`     (N, T, 1)    (N, T, 1)     one-step-ahead prediction at every step;
-                                                         MSE to train, MAE to report
+:func:`mackey_glass_task`     (N, W+T, 1)  (N, T, 1)     one-step-ahead prediction after W warm-up
+                                                         steps; MSE to train, MAE to report
 :func:`adding_problem`        (N, T, 2)    (N, 1)        the sum of two marked values; MSE
                                                          (predicting the mean scores 1/6)
 :func:`copy_task`             (N, 2L+D, 2) (N, L, 1)     recall L symbols after a delay D; MSE on
@@ -146,23 +146,26 @@ def mackey_glass(
 
 
 def mackey_glass_task(
-    n_train: int, n_test: int, length: int = 100, *, seed: int | None = None,
+    n_train: int, n_test: int, length: int = 100, warmup: int = 20, *, seed: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One-step-ahead prediction of a Mackey-Glass series (tau=17), cut into windows.
 
-    One series of ``(n_train + n_test) * length + 1`` samples is squashed by ``tanh(x - 1)`` (the usual
-    echo-state normalisation, into about [-0.7, 0.4]) and cut into consecutive windows of ``length``
-    steps: the first ``n_train`` windows train, the rest test (later in time, never overlapping).
-    In a window, the input at step t is the sample s_t and the target is s_{t+1}.
+    One series of ``(n_train + n_test) * (warmup + length) + 1`` samples is squashed by ``tanh(x - 1)``
+    (the usual echo-state normalisation, into about [-0.7, 0.4]) and cut into consecutive windows of
+    ``warmup + length`` steps: the first ``n_train`` windows train, the rest test (later in time, never
+    overlapping). In a window the input at step t is the sample s_t; the target, from step ``warmup``
+    on (the model's state needs a few steps to settle from zero), is s_{t+1}.
 
     Returns:
-        ``(x_train, y_train, x_test, y_test)``, each (N, length, 1).
+        ``(x_train, y_train, x_test, y_test)``: x (N, warmup + length, 1), y (N, length, 1).
     """
     _check_positive("mackey_glass_task", n_train=n_train, n_test=n_test, length=length)
-    n = n_train + n_test
-    series = torch.from_numpy(np.tanh(mackey_glass(n * length + 1, seed=seed) - 1.0)).float()
-    x = series[:-1].reshape(n, length, 1)
-    y = series[1:].reshape(n, length, 1)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"mackey_glass_task: expected warmup to be an int >= 0, got warmup={warmup!r}")
+    n, window = n_train + n_test, warmup + length
+    series = torch.from_numpy(np.tanh(mackey_glass(n * window + 1, seed=seed) - 1.0)).float()
+    x = series[:-1].reshape(n, window, 1)
+    y = series[1:].reshape(n, window, 1)[:, warmup:]
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 

@@ -62,42 +62,39 @@ def _split(make: Callable[[int, int], tuple[Tensor, Tensor]], n_train: int, n_te
 
 def _mnist(quick: bool, seed: int, data_dir: Path | None) -> Data:
     if quick or data_dir is None:
-        n_train, n_test, size = (256, 128, 14) if quick else (10_000, 2_000, 28)
+        n_train, n_test, size = (1024, 256, 14) if quick else (10_000, 2_000, 28)
         train = datasets.synthetic_digits(n_train, seed=seed, size=size)
         test = datasets.synthetic_digits(n_test, seed=seed + 10_000, size=size)
     else:
         train, test = datasets.load_mnist(data_dir, "train"), datasets.load_mnist(data_dir, "test")
-        limit = int(os.environ.get("ESGP_MNIST_TRAIN", train[0].shape[0]))
-        order = torch.randperm(train[0].shape[0], generator=torch.Generator().manual_seed(seed))[:limit]
-        train = (train[0][order], train[1][order])
     return (*datasets.sequential_images(*train), *datasets.sequential_images(*test))
 
 
 TASKS = {
     "mackey_glass": Task(
-        "mackey_glass", "Mackey-Glass (tau=17) one-step-ahead prediction, windows of 100 steps", 1, 1,
+        "mackey_glass", "Mackey-Glass (tau=17) one-step-ahead prediction, 100 steps scored after 20 (quick: 50)", 1, 1,
         lambda y: y.shape[1], "mse", "MAE", {"lstm": 0.00141, "gru": 0.000549, "esn": 0.001378, "esgp": 0.000363}, 16,
-        lambda quick, seed, _: datasets.mackey_glass_task(*((40, 10, 50) if quick else (200, 50, 100)), seed=seed),
+        lambda quick, seed, _: datasets.mackey_glass_task(*((100, 20, 50) if quick else (4000, 500, 100)), seed=seed),
     ),
     "adding": Task(
         "adding", "adding problem, T=100 (quick: 30)", 2, 1, lambda y: 0, "mse", "MSE",
         {"lstm": 0.17, "gru": 0.14, "esn": 0.17, "esgp": 0.05}, 64,
         lambda quick, seed, _: _split(
-            lambda n, s: datasets.adding_problem(n, 30 if quick else 100, seed=s), *((512, 256) if quick else (10_000, 1_000)), seed
+            lambda n, s: datasets.adding_problem(n, 30 if quick else 100, seed=s), *((2048, 512) if quick else (10_000, 1_000)), seed
         ),
     ),
     "copy": Task(
         "copy", "copy task: 10 symbols of 8, recalled after 20 blank steps (quick: 5 after 5)", 2, 1,
         lambda y: y.shape[1], "mse", "MSE", {"lstm": 5.26, "gru": 0.01, "esn": 4.99, "esgp": 3.13}, 64,
         lambda quick, seed, _: _split(
-            lambda n, s: datasets.copy_task(n, *((5, 5) if quick else (10, 20)), seed=s), *((512, 256) if quick else (10_000, 1_000)), seed
+            lambda n, s: datasets.copy_task(n, *((5, 5) if quick else (10, 20)), seed=s), *((2048, 512) if quick else (10_000, 1_000)), seed
         ),
     ),
     "delayed_response": Task(
         "delayed_response", "delayed response: U(0, 1) input reproduced 10 steps later, T=100 (quick: 5, 30)", 1, 1,
         lambda y: y.shape[1], "mse", "MSE", {"lstm": 0.082, "gru": 0.082, "esn": 0.082, "esgp": 0.081}, 64,
         lambda quick, seed, _: _split(
-            lambda n, s: datasets.delayed_response(n, *((30, 5) if quick else (100, 10)), seed=s), *((512, 256) if quick else (5_000, 500)), seed
+            lambda n, s: datasets.delayed_response(n, *((30, 5) if quick else (100, 10)), seed=s), *((2048, 512) if quick else (5_000, 500)), seed
         ),
     ),
     "smnist": Task(
@@ -218,6 +215,30 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict]) -> str:
+    """One markdown row per task: each model's final test score, the original's published one in
+    brackets, the best of this run in bold."""
+    models = [m for m in MODELS if any(m in r["models"] for r in results)]
+    lines = ["| task | score | " + " | ".join(f"{m} (original's)" for m in models) + " | budget |",
+             "|---|---|" + "---|" * len(models) + "---|"]
+    for result in results:
+        task = TASKS[result["task"]]
+        scores = {m: row["curve"][-1] for m, row in result["models"].items()}
+        best = (max if task.metric == "accuracy" else min)(scores.values())
+        cells = []
+        for m in models:
+            if m not in scores:
+                cells.append("-")
+                continue
+            text = f"{scores[m]:.4g}" if task.metric != "accuracy" else f"{scores[m]:.2f} %"
+            published = task.reference.get(m)
+            cells.append(("**" + text + "**" if scores[m] == best else text) + (f" ({published})" if published is not None else ""))
+        score = f"test {task.metric} ({'higher' if task.metric == 'accuracy' else 'lower'} is better)"
+        budget = f"{result['epochs']} epochs, H={result['hidden']}, {result['train_shape'][0]:,} train"
+        lines.append(f"| {task.name} | {score} | " + " | ".join(cells) + f" | {budget} |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], path: str) -> None:
     try:
         import matplotlib
@@ -240,12 +261,18 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run(task_name: str, models: list[str], epochs: int, hidden: int, quick: bool, seed: int, data_dir: Path | None) -> dict:
+def run(
+    task_name: str, models: list[str], epochs: int, hidden: int, quick: bool, seed: int, data_dir: Path | None,
+    train_size: int | None = None,
+) -> dict:
     task = TASKS[task_name]
     data = task.data(quick, seed, data_dir)
+    if train_size is not None and train_size < data[0].shape[0]:  # a random subset, the same for every model
+        keep = torch.randperm(data[0].shape[0], generator=torch.Generator().manual_seed(seed))[:train_size]
+        data = (data[0][keep], data[1][keep], data[2], data[3])
     print(f"{task.name}: {task.summary}; train {tuple(data[0].shape)}, test {tuple(data[2].shape)}; "
           f"H={hidden}, {epochs} epochs, seed {seed}")
-    results = dict(task=task.name, epochs=epochs, hidden=hidden, quick=quick, seed=seed, metric=task.metric,
+    results = dict(task=task.name, epochs=epochs, hidden=hidden, quick=quick, seed=seed, metric=task.metric, train_size=train_size,
                    data=("MNIST from " + str(data_dir)) if task.name == "smnist" and data_dir and not quick else "generated",
                    train_shape=list(data[0].shape), test_shape=list(data[2].shape), **environment(), models={})
     for name in models:
@@ -260,25 +287,42 @@ def run(task_name: str, models: list[str], epochs: int, hidden: int, quick: bool
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m esgp_sparse.tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tasks", nargs="+", choices=sorted(TASKS), metavar="TASK", help=f"one or more of {sorted(TASKS)}")
+    parser.add_argument("tasks", nargs="*", metavar="TASK", help=f"one or more of {sorted(TASKS)}")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from esgp,gru,lstm,esn")
-    parser.add_argument("--epochs", type=int, help="training epochs (default 30, quick 2)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default 30, quick 10)")
     parser.add_argument("--hidden", type=int, help="hidden units H (default 128, quick 32)")
     parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files (smnist); synthetic digits without it")
+    parser.add_argument("--train-size", type=int, help="train on a random subset of this many sequences")
     parser.add_argument("--out", type=Path, help="write the results (JSON) here")
     parser.add_argument("--plot", help="draw the learning curves to this image file (needs matplotlib)")
+    parser.add_argument("--results", nargs="+", type=Path, metavar="JSON",
+                        help="train nothing: print the tables (and --plot) of earlier --out files")
     args = parser.parse_args(argv)
+    if args.results:
+        results = []
+        for path in args.results:
+            loaded = json.loads(path.read_text())
+            results.extend(loaded if isinstance(loaded, list) else [loaded])
+        print("\n\n".join(markdown(result) for result in results))
+        print()
+        print(summary(results))
+        if args.plot:
+            plot(results, args.plot)
+        return results
+    unknown_tasks = sorted(set(args.tasks) - set(TASKS))
+    if unknown_tasks or not args.tasks:
+        parser.error(f"expected one or more tasks from {sorted(TASKS)}, got {args.tasks}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         parser.error(f"--models: expected names from {','.join(MODELS)}, got {args.models!r}")
-    epochs = args.epochs if args.epochs is not None else (2 if args.quick else 30)
+    epochs = args.epochs if args.epochs is not None else (10 if args.quick else 30)
     hidden = args.hidden if args.hidden is not None else (32 if args.quick else 128)
-    if epochs < 1 or hidden < 1:
-        parser.error(f"--epochs and --hidden must be >= 1, got {epochs} and {hidden}")
-    results = [run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir) for t in args.tasks]
+    if epochs < 1 or hidden < 1 or (args.train_size is not None and args.train_size < 1):
+        parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {hidden} and {args.train_size}")
+    results = [run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size) for t in args.tasks]
     for result in results:
         print()
         print(markdown(result))

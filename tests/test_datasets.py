@@ -51,13 +51,13 @@ def test_mackey_glass_series_and_windows():
     assert not np.array_equal(series, datasets.mackey_glass(2000, seed=1))
     # chaotic, not periodic: no lag up to 200 repeats the series
     assert min(np.abs(series[lag:] - series[:-lag]).mean() for lag in range(1, 200)) > 1e-3
-    x, y, x_test, y_test = datasets.mackey_glass_task(6, 2, 25, seed=0)
-    assert x.shape == y.shape == (6, 25, 1) and x_test.shape == (2, 25, 1)
-    torch.testing.assert_close(y[:, :-1], x[:, 1:])  # one step ahead
+    x, y, x_test, y_test = datasets.mackey_glass_task(6, 2, 25, warmup=5, seed=0)
+    assert x.shape == (6, 30, 1) and y.shape == (6, 25, 1) and x_test.shape == (2, 30, 1)
+    torch.testing.assert_close(y[:, :-1], x[:, 6:])  # one step ahead, scored after the warm-up
     torch.testing.assert_close(y[:-1, -1], x[1:, 0])  # consecutive windows
     torch.testing.assert_close(x_test[0, 0], y[-1, -1])  # the test windows come later in time
-    expected = torch.from_numpy(np.tanh(datasets.mackey_glass(8 * 25 + 1, seed=0) - 1)).float()
-    torch.testing.assert_close(x.flatten(), expected[:150])
+    expected = torch.from_numpy(np.tanh(datasets.mackey_glass(8 * 30 + 1, seed=0) - 1)).float()
+    torch.testing.assert_close(x.flatten(), expected[:180])
 
 
 def write_idx(path, array: np.ndarray, compress: bool = False) -> None:

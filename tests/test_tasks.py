@@ -27,6 +27,22 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         assert row["parameters"] == expected[name]
         assert len(row["curve"]) == 2 and all(v >= 0 for v in row["curve"])
     assert image.stat().st_size > 10_000
+    # the tables and curves again from the saved results, without training
+    again = tasks.main(["--results", str(out), "--plot", str(tmp_path / "again.png")])
+    printed = capsys.readouterr().out
+    assert again == [result] and "| esn | 33 |" in printed
+    # and one summary row per task, each score beside the original's, the best in bold
+    scores = {name: f"{row['curve'][-1]:.4g}" for name, row in result["models"].items()}
+    best = min(result["models"], key=lambda name: result["models"][name]["curve"][-1])
+    row = next(line for line in printed.splitlines() if line.startswith("| adding |"))
+    assert f"**{scores[best]}** ({tasks.TASKS['adding'].reference[best]})" in row
+    assert f"| {scores['esn']} (0.17) |" in row or best == "esn"
+    assert "lstm" not in printed.splitlines()[printed.splitlines().index(row) - 2]  # not run, no column
+
+
+def test_train_size_takes_the_same_subset_for_every_model():
+    result = tasks.run("delayed_response", ["esn"], 1, 16, True, 0, None, train_size=100)
+    assert result["train_shape"][0] == 100 and result["train_size"] == 100
 
 
 def test_esn_is_the_classic_echo_state_network():
@@ -53,8 +69,12 @@ def test_every_task_has_data_of_the_declared_sizes():
             assert prediction.shape == y[:4].shape
 
 
-def test_bad_model_names():
+def test_bad_model_and_task_names(capsys):
     with pytest.raises(SystemExit):
         tasks.main(["adding", "--quick", "--models", "esgp,transformer"])
+    assert "--models: expected names from esgp,gru,lstm,esn, got 'esgp,transformer'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tasks.main(["addition", "--quick"])
+    assert "expected one or more tasks from" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"tasks: expected a model in \('esgp', 'gru', 'lstm', 'esn'\), got 'rnn'"):
         tasks.build_model("rnn", tasks.TASKS["adding"], 8, 0)
