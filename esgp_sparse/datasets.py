@@ -32,15 +32,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
     return generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else seed)
 
 
-def _check_positive(owner: str, **values: int) -> None:
+def _check_ints(owner: str, minimum: int = 1, **values: object) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}: expected {name} to be an int >= 1, got {name}={value!r}")
+        check_int(owner, name, value, minimum)
 
 
 def adding_problem(n: int, length: int, *, seed: int | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -59,7 +60,7 @@ def adding_problem(n: int, length: int, *, seed: int | None = None, generator: t
     Returns:
         ``(x, y)``: x (n, T, 2), y (n, 1).
     """
-    _check_positive("adding_problem", n=n, length=length)
+    _check_ints("adding_problem", n=n, length=length)
     if length < 2:
         raise ValueError(f"adding_problem: expected length >= 2, got length={length}")
     generator = _generator(seed, generator)
@@ -91,9 +92,8 @@ def copy_task(
         ``(x, y)``: x (n, 2 * length + delay, 2), y (n, length, 1); the model's outputs at the last
         ``length`` steps are compared with y.
     """
-    _check_positive("copy_task", n=n, length=length, symbols=symbols)
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-        raise ValueError(f"copy_task: expected delay to be an int >= 0, got delay={delay!r}")
+    _check_ints("copy_task", n=n, length=length, symbols=symbols)
+    _check_ints("copy_task", 0, delay=delay)
     generator = _generator(seed, None)
     values = torch.randint(1, symbols + 1, (n, length), generator=generator).float()
     x = torch.zeros(n, 2 * length + delay, 2)
@@ -112,8 +112,9 @@ def delayed_response(n: int, length: int = 100, delay: int = 10, *, seed: int | 
         ``(x, y)``: x (n, length, 1), y (n, length - delay, 1); the model's outputs at steps
         ``delay, ..., length - 1`` are compared with y.
     """
-    _check_positive("delayed_response", n=n, length=length)
-    if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay < length:
+    _check_ints("delayed_response", n=n, length=length)
+    _check_ints("delayed_response", 0, delay=delay)
+    if delay >= length:
         raise ValueError(f"delayed_response: expected delay in [0, length={length}), got delay={delay!r}")
     x = torch.rand(n, length, 1, generator=_generator(seed, None))
     return x, x[:, : length - delay].clone()
@@ -132,7 +133,7 @@ def mackey_glass(
     Returns:
         float64 array of ``length`` samples, values in about [0.2, 1.4].
     """
-    _check_positive("mackey_glass", length=length, substeps=substeps)
+    _check_ints("mackey_glass", length=length, substeps=substeps)
     h = step / substeps
     lag = int(round(tau / h))
     rng = np.random.default_rng(0 if seed is None else seed)
@@ -159,9 +160,8 @@ def mackey_glass_task(
     Returns:
         ``(x_train, y_train, x_test, y_test)``: x (N, warmup + length, 1), y (N, length, 1).
     """
-    _check_positive("mackey_glass_task", n_train=n_train, n_test=n_test, length=length)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"mackey_glass_task: expected warmup to be an int >= 0, got warmup={warmup!r}")
+    _check_ints("mackey_glass_task", n_train=n_train, n_test=n_test, length=length)
+    _check_ints("mackey_glass_task", 0, warmup=warmup)
     n, window = n_train + n_test, warmup + length
     series = torch.from_numpy(np.tanh(mackey_glass(n * window + 1, seed=seed) - 1.0)).float()
     x = series[:-1].reshape(n, window, 1)
@@ -253,7 +253,7 @@ def synthetic_digits(n: int, *, seed: int | None = None, size: int = 28) -> tupl
 
     Harder than it looks one pixel at a time (the digits differ by single strokes); needs no download.
     """
-    _check_positive("synthetic_digits", n=n, size=size)
+    _check_ints("synthetic_digits", n=n, size=size)
     g = _generator(seed, None)
     labels = torch.randint(0, 10, (n,), generator=g)
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
