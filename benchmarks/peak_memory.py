@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import time
 
 import torch
 
+from esgp_sparse._memory import peak_rss_mib
 
-def peak_rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as f:  # Linux: the high-water mark of this process image
-            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        return kib / 1024
-    except (OSError, StopIteration):  # ru_maxrss: KiB on Linux, bytes on macOS; a fork inherits it
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+def _rounded(mib: float | None) -> float | None:
+    return None if mib is None else round(mib, 1)
 
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
@@ -37,8 +32,15 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     if args.model == "esgp_sparse":
         from esgp_sparse import ESGP
 
-        return ESGP(args.input_size, args.hidden, sparsity=sparsity, gate=args.gate, path=args.path, seed=0,
-                    checkpoint=args.checkpoint)
+        return ESGP(
+            args.input_size,
+            args.hidden,
+            sparsity=sparsity,
+            gate=args.gate,
+            path=args.path,
+            seed=0,
+            checkpoint=args.checkpoint,
+        )
     if args.model == "original":
         import esgp
 
@@ -87,8 +89,13 @@ def main() -> None:
             if optimizer is not None:
                 optimizer.step()
         times.append(time.perf_counter() - start)
-    info = dict(vars(args), build_s=round(built, 2), step_s=[round(t, 2) for t in times],
-                peak_rss_mib=round(peak_rss_mib(), 1), import_rss_mib=round(base, 1))
+    info = dict(
+        vars(args),
+        build_s=round(built, 2),
+        step_s=[round(t, 2) for t in times],
+        peak_rss_mib=_rounded(peak_rss_mib()),
+        import_rss_mib=_rounded(base),
+    )
     if args.model == "esgp_sparse":
         cell = model.cells[0]
         info.update(nnz=cell.nnz, path_used=cell.path, radius=cell.radius)

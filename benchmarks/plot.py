@@ -40,12 +40,13 @@ def plot(groups: dict, path: str) -> None:
             points.sort()
             hidden = [p[0] for p in points]
             time_ax.plot(hidden, [p[1] for p in points], marker="o", label=name)
-            memory = [(h, p[2]) for h, p in zip(hidden, points) if p[2] is not None and p[2] > 0]
+            memory = [(h, p[2]) for h, p in zip(hidden, points, strict=True) if p[2] is not None and p[2] > 0]
             if memory:
-                memory_ax.plot(*zip(*memory), marker="o", label=name)
+                memory_ax.plot(*zip(*memory, strict=True), marker="o", label=name)
         time_ax.set(xscale="log", yscale="log", xlabel="hidden size H", ylabel="median time (s)", title=group)
-        memory_ax.set(xscale="log", yscale="log", xlabel="hidden size H", ylabel="peak memory (MiB)",
-                      title=f"{group}: memory")
+        memory_ax.set(
+            xscale="log", yscale="log", xlabel="hidden size H", ylabel="peak memory (MiB)", title=f"{group}: memory"
+        )
         for ax in (time_ax, memory_ax):
             ax.grid(True, which="both", alpha=0.3)
         time_ax.legend(fontsize=7)

@@ -53,7 +53,9 @@ def crossover(rows: list[dict]) -> list[str]:
     for bench in rows:
         info = bench["extra_info"]
         if bench["group"].startswith("product-") and "density" in info:
-            table[(info["device"], info["batch"], info["hidden"])][info["density"]][info["path"]] = bench["stats"]["median"]
+            table[(info["device"], info["batch"], info["hidden"])][info["density"]][info["path"]] = bench["stats"][
+                "median"
+            ]
     lines = []
     for (device, batch, hidden), points in sorted(table.items()):
         both = [(d, t["dense"], t["sparse"]) for d, t in sorted(points.items()) if "dense" in t and "sparse" in t]
@@ -79,8 +81,10 @@ def radius(rows: list[dict]) -> list[str]:
         for _, n, seconds in found:
             by_size[n] = max(by_size[n], seconds)
         slowest = ", ".join(f"n={n}: {s:.2f}s" for n, s in sorted(by_size.items()) if s)
-        lines.append(f"{method:26s} max |error| {worst[0]:.2%} (n={worst[1]}) over {len(found)} matrices"
-                     + (f"; slowest {slowest}" if slowest else ""))
+        lines.append(
+            f"{method:26s} max |error| {worst[0]:.2%} (n={worst[1]}) over {len(found)} matrices"
+            + (f"; slowest {slowest}" if slowest else "")
+        )
     return lines
 
 
@@ -98,7 +102,7 @@ def exponents(rows: list[dict]) -> list[str]:
         xs = [math.log(n) for n, _ in points]
         ys = [math.log(t) for _, t in points]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
         lo, hi = min(points)[0], max(points)[0]
         out.append(f"{group:22s} {name:28s} {per_unit:>5g}/unit  time ~ nnz^{slope:.2f}  (nnz {lo:.1e} .. {hi:.1e})")
     return out
@@ -110,8 +114,12 @@ def main() -> None:
     parser.add_argument("--reference", default="original", help="row the speed-ups are relative to")
     args = parser.parse_args()
     rows = load(args.results)
-    for title, lines in (("ratios", ratios(rows, args.reference)), ("crossover", crossover(rows)),
-                         ("radius", radius(rows)), ("exponents", exponents(rows))):
+    for title, lines in (
+        ("ratios", ratios(rows, args.reference)),
+        ("crossover", crossover(rows)),
+        ("radius", radius(rows)),
+        ("exponents", exponents(rows)),
+    ):
         if lines:
             print(f"== {title}")
             print("\n".join(lines))

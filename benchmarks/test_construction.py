@@ -1,13 +1,13 @@
 """Construction of an ESGP (reservoir pattern, radius, scaling, buffers) against hidden size and density.
 
-    python -m pytest benchmarks/test_construction.py --benchmark-json=.results/construction.json
+python -m pytest benchmarks/test_construction.py --benchmark-json=.results/construction.json
 """
 
 from __future__ import annotations
 
 import pytest
-
 from _bench import peak_rss_mib
+
 from esgp_sparse import ESGP
 
 # (hidden size, connections per unit, gate); the density is connections per unit over units.
@@ -28,8 +28,15 @@ def test_construction(benchmark, hidden, per_unit, gate):
     cell = model.cells[0]
     benchmark.group = "construction"
     benchmark.extra_info.update(
-        hidden=hidden, density=per_unit / hidden, per_unit=per_unit, nnz=cell.nnz, gate=gate, path=cell.path,
-        radius_method=cell.radius_method, model=f"esgp_sparse gate={gate}", device="cpu",
+        hidden=hidden,
+        density=per_unit / hidden,
+        per_unit=per_unit,
+        nnz=cell.nnz,
+        gate=gate,
+        path=cell.path,
+        radius_method=cell.radius_method,
+        model=f"esgp_sparse gate={gate}",
+        device="cpu",
         peak_mib=peak_rss_mib(hidden=hidden, per_unit=per_unit, gate=gate, repeats=0),  # a fresh process that builds
     )
     del model, cell

@@ -32,7 +32,7 @@ def matrix(n: int, per_unit: int, seed: int) -> sp.csr_array:
     return sp.csr_array((make_rng(seed, 5).standard_normal(col.size), col, crow), shape=(n, n))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(n: int, per_unit: int, seed: int) -> float:
     return spectral_radius(matrix(n, per_unit, seed), "arpack", tol=1e-8)
 
@@ -50,7 +50,16 @@ def test_radius(benchmark, n, per_unit, seed, method):
     benchmark.group = "radius"
     rho = benchmark.pedantic(lambda: spectral_radius(a, method), rounds=1, iterations=1)
     benchmark.extra_info.update(
-        n=n, hidden=n, per_unit=per_unit, seed=seed, nnz=a.nnz, method=method, model=method,
-        radius=rho, reference=exact, rel_error=rho / exact - 1, circle_rel_error=circle / exact - 1,
+        n=n,
+        hidden=n,
+        per_unit=per_unit,
+        seed=seed,
+        nnz=a.nnz,
+        method=method,
+        model=method,
+        radius=rho,
+        reference=exact,
+        rel_error=rho / exact - 1,
+        circle_rel_error=circle / exact - 1,
     )
     assert abs(rho / exact - 1) <= 1e-2

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _bench import devices, synchronize
+
 from esgp_sparse.init import random_reservoir
 from esgp_sparse.ops import csr_matmul, csr_to_dense
 
@@ -39,11 +39,13 @@ def test_product(benchmark, path, hidden, density, batch, device):
     torch.testing.assert_close(csr_matmul(crow, col, values, h), dense @ h, rtol=1e-4, atol=1e-4)
 
     if path == "dense":
+
         def run():
             y = torch.mm(dense, h)
             synchronize(device)
             return y
     else:
+
         def run():
             y = csr_matmul(crow, col, values, h)
             synchronize(device)

@@ -14,8 +14,8 @@ import functools
 
 import pytest
 import torch
-
 from _bench import cuda_peak_mib, devices, peak_rss_mib, synchronize
+
 from esgp_sparse import ESGP
 
 I, T, B = 16, 32, 8
@@ -47,16 +47,37 @@ def model(hidden: int, per_unit: int, gate: str, path: str, device: str) -> ESGP
 
 def info(net: ESGP, hidden: int, per_unit: int, device: str) -> dict:
     cell = net.cells[0]
-    return dict(hidden=hidden, per_unit=per_unit, density=per_unit / hidden, nnz=cell.nnz, gate=net.gate_type,
-                path=cell.path, device=device, dtype="float32", batch=B, steps=T, input_size=I,
-                model=f"gate={net.gate_type} path={cell.path}")
+    return dict(
+        hidden=hidden,
+        per_unit=per_unit,
+        density=per_unit / hidden,
+        nnz=cell.nnz,
+        gate=net.gate_type,
+        path=cell.path,
+        device=device,
+        dtype="float32",
+        batch=B,
+        steps=T,
+        input_size=I,
+        model=f"gate={net.gate_type} path={cell.path}",
+    )
 
 
 def peak(fn, device: str, hidden: int, per_unit: int, gate: str, path: str, forward: bool) -> float:
     if device == "cuda":
         return cuda_peak_mib(fn)
-    return peak_rss_mib(hidden=hidden, per_unit=per_unit, gate=gate, path=path, batch=B, steps=T, input_size=I,
-                        repeats=1, forward=forward, no_optimizer=True)
+    return peak_rss_mib(
+        hidden=hidden,
+        per_unit=per_unit,
+        gate=gate,
+        path=path,
+        batch=B,
+        steps=T,
+        input_size=I,
+        repeats=1,
+        forward=forward,
+        no_optimizer=True,
+    )
 
 
 @pytest.mark.parametrize("device", devices())

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _bench import cuda_peak_mib, devices, peak_rss_mib, synchronize
 from torch import nn
 
-from _bench import cuda_peak_mib, devices, peak_rss_mib, synchronize
 from esgp_sparse import ESGP
 
 esgp = pytest.importorskip("esgp", reason="the original package comes with the bench extra: pip install -e '.[bench]'")
@@ -25,8 +25,15 @@ SHAPES = {
     "H4096": dict(input_size=64, hidden=4096, steps=100, batch=32, sparsity=0.01),
 }
 MODELS = ["esgp_sparse", "esgp_sparse-sparse-gate", "esgp_sparse-compiled", "original", "gru", "lstm"]
-QUICK = {("smnist", "esgp_sparse"), ("smnist", "original"), ("smnist", "gru"), ("H1024", "esgp_sparse"),
-         ("H1024", "esgp_sparse-sparse-gate"), ("H1024", "original"), ("H1024", "gru")}
+QUICK = {
+    ("smnist", "esgp_sparse"),
+    ("smnist", "original"),
+    ("smnist", "gru"),
+    ("H1024", "esgp_sparse"),
+    ("H1024", "esgp_sparse-sparse-gate"),
+    ("H1024", "original"),
+    ("H1024", "gru"),
+}
 
 
 def build(model: str, s: dict) -> nn.Module:
@@ -46,7 +53,9 @@ CASES = [(s, m) for s in SHAPES for m in MODELS]
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("shape, model", [pytest.param(*c, marks=pytest.mark.quick) if c in QUICK else c for c in CASES])
+@pytest.mark.parametrize(
+    "shape, model", [pytest.param(*c, marks=pytest.mark.quick) if c in QUICK else c for c in CASES]
+)
 def test_train_step(benchmark, shape, model, device):
     torch.manual_seed(0)
     s = SHAPES[shape]
@@ -72,9 +81,19 @@ def test_train_step(benchmark, shape, model, device):
     elif model != "esgp_sparse-compiled":  # a fresh process builds and steps the same model (no compile)
         kind = {"esgp_sparse": ("esgp_sparse", "dense"), "esgp_sparse-sparse-gate": ("esgp_sparse", "sparse")}
         name, gate = kind.get(model, (model, None))
-        info.update(peak_mib=peak_rss_mib(model=name, gate=gate, hidden=s["hidden"], sparsity=s["sparsity"],
-                                          input_size=s["input_size"], steps=s["steps"], batch=s["batch"],
-                                          repeats=1, no_optimizer=True))
+        info.update(
+            peak_mib=peak_rss_mib(
+                model=name,
+                gate=gate,
+                hidden=s["hidden"],
+                sparsity=s["sparsity"],
+                input_size=s["input_size"],
+                steps=s["steps"],
+                batch=s["batch"],
+                repeats=1,
+                no_optimizer=True,
+            )
+        )
     benchmark.extra_info.update(info)
     rounds = {"smnist": 5, "H1024": 3, "H4096": 2}[shape]
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)

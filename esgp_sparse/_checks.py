@@ -6,9 +6,12 @@ import math
 import numbers
 import os
 from collections.abc import Iterable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+Choice = TypeVar("Choice", bound=str)
 
 
 def check_int(owner: str, name: str, value: object, minimum: int) -> int:
@@ -20,7 +23,13 @@ def check_int(owner: str, name: str, value: object, minimum: int) -> int:
 
 
 def check_real(
-    owner: str, name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False,
+    owner: str,
+    name: str,
+    value: object,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
     high_open: bool = False,
 ) -> float:
     """A finite real number in the interval given by ``low``, ``high`` and the open/closed flags."""
@@ -41,7 +50,7 @@ def check_bool(owner: str, name: str, value: object) -> bool:
     return value
 
 
-def check_choice(owner: str, name: str, value: object, choices: Iterable[str]) -> str:
+def check_choice(owner: str, name: str, value: object, choices: Iterable[Choice]) -> Choice:
     choices = tuple(choices)
     if not isinstance(value, str):
         raise TypeError(f"{owner}: expected {name} to be one of {choices}, got {value!r} ({type(value).__name__})")
@@ -54,7 +63,9 @@ def check_seed(owner: str, seed: object) -> int | None:
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{owner}: expected seed to be a non-negative int or None, got {seed!r} ({type(seed).__name__})")
+        raise TypeError(
+            f"{owner}: expected seed to be a non-negative int or None, got {seed!r} ({type(seed).__name__})"
+        )
     if seed < 0:
         raise ValueError(f"{owner}: expected seed to be a non-negative int or None, got seed={seed}")
     return int(seed)
@@ -95,10 +106,13 @@ def dense_fits(hidden_size: int, dtype: torch.dtype, device: torch.device) -> bo
     return have is None or hidden_size * hidden_size * dtype.itemsize <= have
 
 
-def check_dense_fits(owner: str, what: str, hidden_size: int, dtype: torch.dtype, device: torch.device, fix: str) -> None:
+def check_dense_fits(
+    owner: str, what: str, hidden_size: int, dtype: torch.dtype, device: torch.device, fix: str
+) -> None:
     """Refuse a dense ``hidden_size x hidden_size`` matrix larger than the device's whole memory."""
-    if not dense_fits(hidden_size, dtype, device):
-        need, have = hidden_size * hidden_size * dtype.itemsize, device_memory(device)
+    have = device_memory(device)
+    if have is not None and not dense_fits(hidden_size, dtype, device):
+        need = hidden_size * hidden_size * dtype.itemsize
         raise ValueError(
             f"{owner}: a dense {hidden_size} x {hidden_size} {what} needs {need / 2**30:,.1f} GiB, more than the "
             f"{have / 2**30:,.1f} GiB of the {device.type} device; {fix}"

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from . import _checks
-from .gates import DiagonalGate, SparseGate, derive_pattern, pattern_csr, register_pattern, resize_to_state
-from .init import RADIUS_METHODS, RadiusMethod, Reservoir, check_connections, make_rng, random_pattern, random_reservoir, reservoir_from_matrix
-from .ops import GATES, PATHS, LayerSpec, choose_path, csr_to_dense, esgp_cell, esgp_layer
+from .gates import DiagonalGate, SparseGate
+from .init import (
+    RADIUS_METHODS,
+    RadiusMethod,
+    Reservoir,
+    check_connections,
+    make_rng,
+    random_pattern,
+    random_reservoir,
+    reservoir_from_matrix,
+)
+from .ops import CSR, GATES, PATHS, GateKind, LayerSpec, Path, choose_path, csr_to_dense, esgp_cell, esgp_layer
+from .pattern import PatternModule
 
 GateType = Literal["dense", "diagonal", "sparse"]
 PathRequest = Literal["auto", "dense", "sparse"]
@@ -19,7 +30,7 @@ _OWNER = "ESGPCell"
 _SCALABLE_GATES = "use gate='sparse' or gate='diagonal', which scale with nnz and H"
 
 
-class ESGPCell(nn.Module):
+class ESGPCell(PatternModule):
     r"""One step of an Echo State Gated Population network.
 
     .. math::
@@ -85,6 +96,11 @@ class ESGPCell(nn.Module):
         torch.Size([3, 200])
     """
 
+    values: Tensor
+    dense_weight: Tensor | None
+    gate: nn.Linear | DiagonalGate | SparseGate
+    path: Path
+
     def __init__(
         self,
         input_size: int,
@@ -113,23 +129,33 @@ class ESGPCell(nn.Module):
         if gate == "dense":
             _checks.check_dense_fits(_OWNER, "gate", self.hidden_size, dtype, device, _SCALABLE_GATES)
         if path == "dense":
-            _checks.check_dense_fits(_OWNER, "reservoir (path='dense')", self.hidden_size, dtype, device, "use path='sparse'")
+            _checks.check_dense_fits(
+                _OWNER, "reservoir (path='dense')", self.hidden_size, dtype, device, "use path='sparse'"
+            )
 
         seed = _checks.check_seed(_OWNER, seed)
         self.seed = _checks.draw_seed() if seed is None else seed
         if reservoir is None:
             check_connections(self.hidden_size, self.sparsity, _OWNER)
             reservoir = random_reservoir(
-                self.hidden_size, self.sparsity, self.spectral_radius, self.seed, key=(0,),
+                self.hidden_size,
+                self.sparsity,
+                self.spectral_radius,
+                self.seed,
+                key=(0,),
                 radius_method=self.radius_method,
             )
         else:
             if not isinstance(reservoir, Reservoir):
-                raise TypeError(f"{_OWNER}: expected reservoir to be an esgp_sparse.init.Reservoir, got {type(reservoir).__name__}")
+                raise TypeError(
+                    f"{_OWNER}: expected reservoir to be an esgp_sparse.init.Reservoir, got {type(reservoir).__name__}"
+                )
             if reservoir.size != self.hidden_size:
-                raise ValueError(f"{_OWNER}: expected a reservoir of size hidden_size={self.hidden_size}, got size {reservoir.size}")
+                raise ValueError(
+                    f"{_OWNER}: expected a reservoir of size hidden_size={self.hidden_size}, got size {reservoir.size}"
+                )
         self.radius = float(reservoir.radius)
-        register_pattern(self, reservoir.crow_indices, reservoir.col_indices, device)
+        self.register_pattern(reservoir.crow_indices, reservoir.col_indices, device)
         self.register_buffer("values", torch.as_tensor(reservoir.values, device=device).to(dtype))
 
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -146,7 +172,7 @@ class ESGPCell(nn.Module):
 
     # ------------------------------------------------------------------ conversion from the original
     @classmethod
-    def from_esgp(cls, cell: nn.Module, **kwargs: Any) -> ESGPCell:
+    def from_esgp(cls, cell: Any, **kwargs: Any) -> ESGPCell:
         """Convert an original ``esgp.ESGPCell`` (PyPI ``esgp`` 0.1.0) into an ``ESGPCell``.
 
         Its masked matrix ``W * mask`` is taken as-is (no renormalisation; :attr:`radius` reports
@@ -156,7 +182,9 @@ class ESGPCell(nn.Module):
         """
         for name in ("W", "mask", "Win", "gate", "input_size", "hidden_size"):
             if not hasattr(cell, name):
-                raise TypeError(f"{_OWNER}.from_esgp: expected an esgp.ESGPCell (it has no {name!r}), got {type(cell).__name__}")
+                raise TypeError(
+                    f"{_OWNER}.from_esgp: expected an esgp.ESGPCell (it has no {name!r}), got {type(cell).__name__}"
+                )
         if kwargs.get("gate", "dense") != "dense":
             raise ValueError(f"{_OWNER}.from_esgp: the original's gate is dense, got gate={kwargs['gate']!r}")
         for name in ("seed", "reservoir"):
@@ -166,27 +194,29 @@ class ESGPCell(nn.Module):
         kwargs.setdefault("dtype", cell.Win.weight.dtype)
         matrix = (cell.W * cell.mask).detach().cpu().double().numpy()
         new = cls(
-            cell.input_size, cell.hidden_size, float(cell.sparsity), float(cell.spectral_radius),
-            reservoir=reservoir_from_matrix(matrix), **kwargs,
+            cell.input_size,
+            cell.hidden_size,
+            float(cell.sparsity),
+            float(cell.spectral_radius),
+            reservoir=reservoir_from_matrix(matrix),
+            **kwargs,
         )
+        gate = cast(nn.Linear, new.gate)
         with torch.no_grad():
             new.Win.weight.copy_(cell.Win.weight)
-            new.gate.weight.copy_(cell.gate.weight)
-            new.gate.bias.copy_(cell.gate.bias)
+            gate.weight.copy_(cell.gate.weight)
+            gate.bias.copy_(cell.gate.bias)
         return new
 
     # ------------------------------------------------------------------ derived state
-    @property
-    def nnz(self) -> int:
-        return self.col_indices.numel()
-
     def _use_path(self) -> None:
         """Choose the path (unless one was asked for) and rebuild the buffers that derive from it.
 
         Runs at construction, after every device or dtype move and after ``load_state_dict``.
         """
         device = self.values.device
-        if self.path_request != "auto":
+        path: Path
+        if self.path_request == "dense" or self.path_request == "sparse":
             path = self.path_request
         else:
             path = choose_path(self.hidden_size, self.nnz, device.type)
@@ -194,7 +224,7 @@ class ESGPCell(nn.Module):
                 path = "sparse"
         self.path = path
         if path == "sparse":
-            derive_pattern(self, "sparse")
+            self.derive_pattern("sparse")
             self.register_buffer("dense_weight", None, persistent=False)
         else:
             for name in ("crow_indices_t", "col_indices_t", "perm_t", "row_indices"):
@@ -202,38 +232,46 @@ class ESGPCell(nn.Module):
             dense = csr_to_dense(self.crow_indices, self.col_indices, self.values, self.hidden_size)
             self.register_buffer("dense_weight", dense, persistent=False)
         if isinstance(self.gate, SparseGate):
-            derive_pattern(self.gate, path)
+            self.gate.derive_pattern(path)
 
-    def _apply(self, fn, recurse: bool = True):
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ESGPCell:
         super()._apply(fn, recurse)
         self._use_path()
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        resize_to_state(self, state_dict, prefix, ("crow_indices", "col_indices", "values"))
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        self.resize_to_state(state_dict, prefix, ("crow_indices", "col_indices", "values"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def get_extra_state(self) -> dict:
+    def get_extra_state(self) -> dict[str, Any]:
         return {"radius": self.radius, "seed": self.seed}
 
-    def set_extra_state(self, state: dict) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self.radius = float(state["radius"])
         self.seed = state["seed"]
 
     # ------------------------------------------------------------------ computation
     def operands(self, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor, LayerSpec]:
         """``(recurrent, gate_weight, gate_bias, spec)`` as :mod:`esgp_sparse.ops` takes them."""
+        recurrent_csr: CSR | None
         if self.path == "sparse":
-            recurrent, recurrent_csr = self.values, pattern_csr(self)
-        else:
+            recurrent, recurrent_csr = self.values, self.pattern_csr()
+        elif self.dense_weight is not None:
             recurrent, recurrent_csr = self.dense_weight, None
+        else:
+            raise RuntimeError(f"{_OWNER}: the dense path's weight was not derived")
         gate = self.gate
         if isinstance(gate, SparseGate):
             if self.path == "sparse":
-                return recurrent, gate.values, gate.bias, LayerSpec(recurrent_csr, "sparse", pattern_csr(gate), compiled)
+                return (
+                    recurrent,
+                    gate.values,
+                    gate.bias,
+                    LayerSpec(recurrent_csr, "sparse", gate.pattern_csr(), compiled),
+                )
             weight = csr_to_dense(gate.crow_indices, gate.col_indices, gate.values, self.hidden_size, gate.row_indices)
             return recurrent, weight, gate.bias, LayerSpec(recurrent_csr, "dense", None, compiled)
-        kind = "dense" if isinstance(gate, nn.Linear) else "diagonal"
+        kind: GateKind = "dense" if isinstance(gate, nn.Linear) else "diagonal"
         return recurrent, gate.weight, gate.bias, LayerSpec(recurrent_csr, kind, None, compiled)
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
@@ -255,7 +293,9 @@ class ESGPCell(nn.Module):
             return esgp_cell(x, h, weight, recurrent, gate_weight, gate_bias, spec)
         return esgp_cell(x[None], h[None], weight, recurrent, gate_weight, gate_bias, spec)[0]
 
-    def layer(self, x: Tensor, h0: Tensor, batch_first: bool, compiled: bool = False, checkpoint: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, h0: Tensor, batch_first: bool, compiled: bool = False, checkpoint: bool = False
+    ) -> Tensor:
         """This cell over a whole sequence (no checks; :class:`ESGP` checks its inputs).
 
         See :func:`esgp_sparse.ops.esgp_layer` for ``checkpoint``.
@@ -269,7 +309,10 @@ class ESGPCell(nn.Module):
     def recurrent_weight(self) -> Tensor:
         """The H x H reservoir actually used, as a torch sparse CSR tensor (a view of the buffers)."""
         return torch.sparse_csr_tensor(
-            self.crow_indices, self.col_indices, self.values, (self.hidden_size, self.hidden_size),
+            self.crow_indices,
+            self.col_indices,
+            self.values,
+            (self.hidden_size, self.hidden_size),
             check_invariants=False,  # valid by construction
         )
 
@@ -292,6 +335,7 @@ class ESGPCell(nn.Module):
         return ", ".join(parts)
 
 
-def _use_path_after_load(module: ESGPCell, incompatible_keys) -> None:
+def _use_path_after_load(module: nn.Module, incompatible_keys: Any) -> None:
     # A module-level function rather than a lambda, so that a whole model still pickles.
-    module._use_path()
+    if isinstance(module, ESGPCell):
+        module._use_path()

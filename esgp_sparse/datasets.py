@@ -44,7 +44,9 @@ def _check_ints(owner: str, minimum: int = 1, **values: object) -> None:
         check_int(owner, name, value, minimum)
 
 
-def adding_problem(n: int, length: int, *, seed: int | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def adding_problem(
+    n: int, length: int, *, seed: int | None = None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """The adding problem (Hochreiter & Schmidhuber, 1997).
 
     Each sequence has ``length`` steps of two features: a value drawn from U(0, 1) and a marker that
@@ -77,7 +79,12 @@ def adding_problem(n: int, length: int, *, seed: int | None = None, generator: t
 
 
 def copy_task(
-    n: int, length: int = 10, delay: int = 20, symbols: int = 8, *, seed: int | None = None,
+    n: int,
+    length: int = 10,
+    delay: int = 20,
+    symbols: int = 8,
+    *,
+    seed: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Recall a sequence of symbols after a delay.
 
@@ -121,8 +128,16 @@ def delayed_response(n: int, length: int = 100, delay: int = 10, *, seed: int | 
 
 
 def mackey_glass(
-    length: int, *, tau: float = 17.0, beta: float = 0.2, gamma: float = 0.1, exponent: float = 10.0,
-    step: float = 1.0, substeps: int = 10, washout: int = 1000, seed: int | None = None,
+    length: int,
+    *,
+    tau: float = 17.0,
+    beta: float = 0.2,
+    gamma: float = 0.1,
+    exponent: float = 10.0,
+    step: float = 1.0,
+    substeps: int = 10,
+    washout: int = 1000,
+    seed: int | None = None,
 ) -> np.ndarray:
     """A Mackey-Glass series: dx/dt = beta x(t - tau) / (1 + x(t - tau)^exponent) - gamma x(t).
 
@@ -147,7 +162,12 @@ def mackey_glass(
 
 
 def mackey_glass_task(
-    n_train: int, n_test: int, length: int = 100, warmup: int = 20, *, seed: int | None = None,
+    n_train: int,
+    n_test: int,
+    length: int = 100,
+    warmup: int = 20,
+    *,
+    seed: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One-step-ahead prediction of a Mackey-Glass series (tau=17), cut into windows.
 
@@ -178,8 +198,10 @@ def sequential_images(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 _MNIST_FILES = {
-    ("train", "images"): "train-images", ("train", "labels"): "train-labels",
-    ("test", "images"): "t10k-images", ("test", "labels"): "t10k-labels",
+    ("train", "images"): "train-images",
+    ("train", "labels"): "train-labels",
+    ("test", "images"): "t10k-images",
+    ("test", "labels"): "t10k-labels",
 }
 
 
@@ -196,7 +218,7 @@ def _find_idx(root: Path, stem: str, dims: int) -> Path | None:
 def read_idx(path: str | Path) -> Tensor:
     """Read an IDX file (the MNIST format; gzip-compressed when it ends in .gz) as a uint8 tensor."""
     path = Path(path)
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"read_idx: {path} is not an IDX file of unsigned bytes (magic {data[:4].hex()!r})")
@@ -204,7 +226,9 @@ def read_idx(path: str | Path) -> Tensor:
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     body = data[4 + 4 * dims :]
     if len(body) != math.prod(shape):
-        raise ValueError(f"read_idx: {path} holds {len(body)} bytes after its header, expected {math.prod(shape)} for shape {shape}")
+        raise ValueError(
+            f"read_idx: {path} holds {len(body)} bytes after its header, expected {math.prod(shape)} for shape {shape}"
+        )
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
@@ -241,8 +265,13 @@ def load_mnist(root: str | Path, split: str = "train") -> tuple[Tensor, Tensor]:
 
 # Seven-segment layout on a unit box: (x0, y0, x1, y1) of each segment a..g.
 _SEGMENTS = {
-    "a": (0, 0, 1, 0), "b": (1, 0, 1, 0.5), "c": (1, 0.5, 1, 1), "d": (0, 1, 1, 1),
-    "e": (0, 0.5, 0, 1), "f": (0, 0, 0, 0.5), "g": (0, 0.5, 1, 0.5),
+    "a": (0, 0, 1, 0),
+    "b": (1, 0, 1, 0.5),
+    "c": (1, 0.5, 1, 1),
+    "d": (0, 1, 1, 1),
+    "e": (0, 0.5, 0, 1),
+    "f": (0, 0, 0, 0.5),
+    "g": (0, 0.5, 1, 0.5),
 }
 _DIGITS = ["abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc", "abcdefg", "abcdfg"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,8 @@ class ESGP(nn.Module):
         (torch.Size([32, 10, 256]), torch.Size([2, 32, 256]))
     """
 
+    seed: int | None
+
     def __init__(
         self,
         input_size: int,
@@ -92,7 +94,16 @@ class ESGP(nn.Module):
     ) -> None:
         super().__init__()
         self._configure(
-            input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile,
+            input_size,
+            hidden_size,
+            num_layers,
+            sparsity,
+            spectral_radius,
+            batch_first,
+            gate,
+            path,
+            dropout,
+            compile,
             checkpoint,
         )
         _checks.check_choice(_OWNER, "radius_method", radius_method, RADIUS_METHODS)
@@ -101,16 +112,33 @@ class ESGP(nn.Module):
         self.seed = _checks.draw_seed() if seed is None else seed
         self.cells = nn.ModuleList(
             ESGPCell(
-                self.input_size if layer == 0 else self.hidden_size, self.hidden_size, self.sparsity,
-                self.spectral_radius, gate=gate, path=path, seed=derive_seed(self.seed, layer),
-                radius_method=radius_method, device=device, dtype=dtype,
+                self.input_size if layer == 0 else self.hidden_size,
+                self.hidden_size,
+                self.sparsity,
+                self.spectral_radius,
+                gate=gate,
+                path=path,
+                seed=derive_seed(self.seed, layer),
+                radius_method=radius_method,
+                device=device,
+                dtype=dtype,
             )
             for layer in range(self.num_layers)
         )
 
     def _configure(
-        self, input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, gate, path, dropout, compile,
-        checkpoint,
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        sparsity: float,
+        spectral_radius: float,
+        batch_first: bool,
+        gate: str,
+        path: str,
+        dropout: float,
+        compile: bool,
+        checkpoint: bool,
     ) -> None:
         self.input_size = _checks.check_int(_OWNER, "input_size", input_size, 1)
         self.hidden_size = _checks.check_int(_OWNER, "hidden_size", hidden_size, 1)
@@ -121,16 +149,17 @@ class ESGP(nn.Module):
         self.gate_type = _checks.check_choice(_OWNER, "gate", gate, GATES)
         self.path_request = _checks.check_choice(_OWNER, "path", path, PATHS)
         self.dropout = _checks.check_real(_OWNER, "dropout", dropout, 0.0, 1.0)
-        self.compile = _checks.check_bool(_OWNER, "compile", compile)
+        self.compile_steps = _checks.check_bool(_OWNER, "compile", compile)
         self.checkpoint = _checks.check_bool(_OWNER, "checkpoint", checkpoint)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 f"{_OWNER}: dropout={self.dropout:g} acts between layers, and num_layers=1 has none",
-                UserWarning, stacklevel=3,
+                UserWarning,
+                stacklevel=3,
             )
 
     @classmethod
-    def from_esgp(cls, module: nn.Module, **kwargs: Any) -> ESGP:
+    def from_esgp(cls, module: Any, **kwargs: Any) -> ESGP:
         """Convert an original ``esgp.ESGP`` (PyPI ``esgp`` 0.1.0) into an ``ESGP``.
 
         Every layer's ``W * mask`` is taken as-is (no renormalisation) and its learned weights are
@@ -140,15 +169,26 @@ class ESGP(nn.Module):
         """
         for name in ("cells", "input_size", "hidden_size", "num_layers", "sparsity", "spectral_radius", "batch_first"):
             if not hasattr(module, name):
-                raise TypeError(f"{_OWNER}.from_esgp: expected an esgp.ESGP (it has no {name!r}), got {type(module).__name__}")
+                raise TypeError(
+                    f"{_OWNER}.from_esgp: expected an esgp.ESGP (it has no {name!r}), got {type(module).__name__}"
+                )
         dropout = kwargs.pop("dropout", 0.0)
         compile = kwargs.pop("compile", False)
         checkpoint = kwargs.pop("checkpoint", False)
         model = cls.__new__(cls)
         nn.Module.__init__(model)
         model._configure(
-            module.input_size, module.hidden_size, module.num_layers, module.sparsity, module.spectral_radius,
-            module.batch_first, kwargs.get("gate", "dense"), kwargs.get("path", "auto"), dropout, compile, checkpoint,
+            module.input_size,
+            module.hidden_size,
+            module.num_layers,
+            module.sparsity,
+            module.spectral_radius,
+            module.batch_first,
+            kwargs.get("gate", "dense"),
+            kwargs.get("path", "auto"),
+            dropout,
+            compile,
+            checkpoint,
         )
         model.seed = None
         model.cells = nn.ModuleList(ESGPCell.from_esgp(cell, **kwargs) for cell in module.cells)
@@ -156,7 +196,8 @@ class ESGP(nn.Module):
 
     def forward(self, input: Tensor, h_0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Run the stack over ``input``; returns ``(output, h_n)``. See the class docstring for shapes."""
-        like = self.cells[0].Win.weight
+        cells = self._cells()
+        like = cells[0].Win.weight
         _checks.check_tensor(_OWNER, "input", input, (2, 3), like)
         if input.size(-1) != self.input_size:
             raise ValueError(f"{_OWNER}: expected input.size(-1) == input_size={self.input_size}, got {input.size(-1)}")
@@ -164,7 +205,9 @@ class ESGP(nn.Module):
         x = input if batched else input.unsqueeze(0 if self.batch_first else 1)
         steps, batch = (x.size(1), x.size(0)) if self.batch_first else (x.size(0), x.size(1))
         if steps == 0 or batch == 0:
-            raise ValueError(f"{_OWNER}: expected a non-empty sequence and batch, got input of shape {tuple(input.shape)}")
+            raise ValueError(
+                f"{_OWNER}: expected a non-empty sequence and batch, got input of shape {tuple(input.shape)}"
+            )
         h_shape = (self.num_layers, batch, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
         if h_0 is None:
             h_0 = x.new_zeros((self.num_layers, batch, self.hidden_size))
@@ -175,10 +218,10 @@ class ESGP(nn.Module):
             if not batched:
                 h_0 = h_0.unsqueeze(1)
         last = []
-        for layer, cell in enumerate(self.cells):
+        for layer, cell in enumerate(cells):
             if layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            x = cell.layer(x, h_0[layer], self.batch_first, self.compile, self.checkpoint)
+            x = cell.layer(x, h_0[layer], self.batch_first, self.compile_steps, self.checkpoint)
             last.append(x[:, -1] if self.batch_first else x[-1])
         h_n = torch.stack(last)
         if not batched:
@@ -187,14 +230,26 @@ class ESGP(nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer's learned parameters; the reservoirs stay."""
-        for cell in self.cells:
+        for cell in self._cells():
             cell.reset_parameters()
+
+    def _cells(self) -> list[ESGPCell]:
+        return [cast(ESGPCell, cell) for cell in self.cells]
 
     def extra_repr(self) -> str:
         parts = [f"{self.input_size}, {self.hidden_size}"]
-        defaults = dict(num_layers=1, sparsity=0.1, spectral_radius=0.9, batch_first=True, gate_type="dense",
-                        path_request="auto", dropout=0.0, compile=False, checkpoint=False)
-        names = dict(gate_type="gate", path_request="path")
+        defaults = dict(
+            num_layers=1,
+            sparsity=0.1,
+            spectral_radius=0.9,
+            batch_first=True,
+            gate_type="dense",
+            path_request="auto",
+            dropout=0.0,
+            compile_steps=False,
+            checkpoint=False,
+        )
+        names = dict(gate_type="gate", path_request="path", compile_steps="compile")
         for attr, default in defaults.items():
             value = getattr(self, attr)
             if value != default:

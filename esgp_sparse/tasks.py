@@ -23,19 +23,22 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import cast
 
 import numpy as np
 import scipy
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from . import ESGP, __version__, datasets
-from ._progress import Progress
+from .gates import DiagonalGate
 
 Data = tuple[Tensor, Tensor, Tensor, Tensor]
+_REDRAW = 0.5 if sys.stderr.isatty() else 30.0  # seconds between progress-bar redraws
 
 
 @dataclass(frozen=True)
@@ -72,34 +75,76 @@ def _mnist(quick: bool, seed: int, data_dir: Path | None) -> Data:
 
 TASKS = {
     "mackey_glass": Task(
-        "mackey_glass", "Mackey-Glass (tau=17) one-step-ahead prediction, 100 steps scored after 20 (quick: 50)", 1, 1,
-        lambda y: y.shape[1], "mse", "MAE", {"lstm": 0.00141, "gru": 0.000549, "esn": 0.001378, "esgp": 0.000363}, 16,
+        "mackey_glass",
+        "Mackey-Glass (tau=17) one-step-ahead prediction, 100 steps scored after 20 (quick: 50)",
+        1,
+        1,
+        lambda y: y.shape[1],
+        "mse",
+        "MAE",
+        {"lstm": 0.00141, "gru": 0.000549, "esn": 0.001378, "esgp": 0.000363},
+        16,
         lambda quick, seed, _: datasets.mackey_glass_task(*((100, 20, 50) if quick else (4000, 500, 100)), seed=seed),
     ),
     "adding": Task(
-        "adding", "adding problem, T=100 (quick: 30)", 2, 1, lambda y: 0, "mse", "MSE",
-        {"lstm": 0.17, "gru": 0.14, "esn": 0.17, "esgp": 0.05}, 64,
+        "adding",
+        "adding problem, T=100 (quick: 30)",
+        2,
+        1,
+        lambda y: 0,
+        "mse",
+        "MSE",
+        {"lstm": 0.17, "gru": 0.14, "esn": 0.17, "esgp": 0.05},
+        64,
         lambda quick, seed, _: _split(
-            lambda n, s: datasets.adding_problem(n, 30 if quick else 100, seed=s), *((2048, 512) if quick else (10_000, 1_000)), seed
+            lambda n, s: datasets.adding_problem(n, 30 if quick else 100, seed=s),
+            *((2048, 512) if quick else (10_000, 1_000)),
+            seed,
         ),
     ),
     "copy": Task(
-        "copy", "copy task: 10 symbols of 8, recalled after 20 blank steps (quick: 5 after 5)", 2, 1,
-        lambda y: y.shape[1], "mse", "MSE", {"lstm": 5.26, "gru": 0.01, "esn": 4.99, "esgp": 3.13}, 64,
+        "copy",
+        "copy task: 10 symbols of 8, recalled after 20 blank steps (quick: 5 after 5)",
+        2,
+        1,
+        lambda y: y.shape[1],
+        "mse",
+        "MSE",
+        {"lstm": 5.26, "gru": 0.01, "esn": 4.99, "esgp": 3.13},
+        64,
         lambda quick, seed, _: _split(
-            lambda n, s: datasets.copy_task(n, *((5, 5) if quick else (10, 20)), seed=s), *((2048, 512) if quick else (10_000, 1_000)), seed
+            lambda n, s: datasets.copy_task(n, *((5, 5) if quick else (10, 20)), seed=s),
+            *((2048, 512) if quick else (10_000, 1_000)),
+            seed,
         ),
     ),
     "delayed_response": Task(
-        "delayed_response", "delayed response: U(0, 1) input reproduced 10 steps later, T=100 (quick: 5, 30)", 1, 1,
-        lambda y: y.shape[1], "mse", "MSE", {"lstm": 0.082, "gru": 0.082, "esn": 0.082, "esgp": 0.081}, 64,
+        "delayed_response",
+        "delayed response: U(0, 1) input reproduced 10 steps later, T=100 (quick: 5, 30)",
+        1,
+        1,
+        lambda y: y.shape[1],
+        "mse",
+        "MSE",
+        {"lstm": 0.082, "gru": 0.082, "esn": 0.082, "esgp": 0.081},
+        64,
         lambda quick, seed, _: _split(
-            lambda n, s: datasets.delayed_response(n, *((30, 5) if quick else (100, 10)), seed=s), *((2048, 512) if quick else (5_000, 500)), seed
+            lambda n, s: datasets.delayed_response(n, *((30, 5) if quick else (100, 10)), seed=s),
+            *((2048, 512) if quick else (5_000, 500)),
+            seed,
         ),
     ),
     "smnist": Task(
-        "smnist", "sequential images, one pixel a step: MNIST from --data-dir, else synthetic digits", 1, 10,
-        lambda y: 0, "cross_entropy", "accuracy", {"lstm": 18.86, "gru": 62.65, "esn": 12.14, "esgp": 75.94}, 128, _mnist,
+        "smnist",
+        "sequential images, one pixel a step: MNIST from --data-dir, else synthetic digits",
+        1,
+        10,
+        lambda y: 0,
+        "cross_entropy",
+        "accuracy",
+        {"lstm": 18.86, "gru": 62.65, "esn": 12.14, "esgp": 75.94},
+        128,
+        _mnist,
     ),
 }
 MODELS = ("esgp", "gru", "lstm", "esn")
@@ -125,9 +170,10 @@ def build_model(name: str, task: Task, hidden: int, seed: int) -> SequenceModel:
         core = ESGP(i, hidden, sparsity=0.1, spectral_radius=0.9, seed=seed)
     elif name == "esn":
         core = ESGP(i, hidden, sparsity=0.1, spectral_radius=0.9, gate="diagonal", seed=seed)
+        gate = cast(DiagonalGate, core.cells[0].gate)
         with torch.no_grad():  # the gate fixed open: sigmoid(0 * h~ + 40) is exactly 1.0 in float32
-            core.cells[0].gate.weight.zero_()
-            core.cells[0].gate.bias.fill_(40.0)
+            gate.weight.zero_()
+            gate.bias.fill_(40.0)
         core.requires_grad_(False)  # input weights and gate frozen: only the readout learns
     elif name in ("gru", "lstm"):
         core = {"gru": nn.GRU, "lstm": nn.LSTM}[name](i, hidden, batch_first=True)
@@ -173,7 +219,8 @@ def train(model: SequenceModel, task: Task, data: Data, epochs: int, seed: int, 
     start = time.perf_counter()
     for epoch in range(epochs):
         order = torch.randperm(x.shape[0], generator=generator)
-        bar = Progress(batches, unit=" batches", label=f"{label} epoch {epoch + 1}/{epochs}")
+        # One line per epoch; on a terminal it is redrawn in place, in a log it is written every 30 s.
+        bar = tqdm(total=batches, unit="batch", desc=f"{label} epoch {epoch + 1}/{epochs}", mininterval=_REDRAW)
         running = float("nan")
         for i in range(batches):
             index = order[i * task.batch_size : (i + 1) * task.batch_size]
@@ -183,19 +230,30 @@ def train(model: SequenceModel, task: Task, data: Data, epochs: int, seed: int, 
             nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             running = loss.item() if i == 0 else 0.9 * running + 0.1 * loss.item()
-            bar.update(i + 1, f"loss {running:.4g}")
+            bar.set_postfix_str(f"loss {running:.4g}", refresh=False)
+            bar.update()
         curve.append(evaluate(model, task, x_test, y_test, 4 * task.batch_size))
         losses.append(running)
-        bar.close(batches, f"loss {running:.4g}  test {task.metric} {curve[-1]:.4g}")
+        bar.set_postfix_str(f"loss {running:.4g}, test {task.metric} {curve[-1]:.4g}")
+        bar.close()
     return dict(curve=curve, train_loss=losses, seconds=time.perf_counter() - start)
 
 
 def environment() -> dict:
     return dict(
-        versions=dict(esgp_sparse=__version__, torch=torch.__version__, numpy=np.__version__, scipy=scipy.__version__,
-                      python=platform.python_version()),
-        machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                     cpus=os.cpu_count(), torch_threads=torch.get_num_threads()),
+        versions=dict(
+            esgp_sparse=__version__,
+            torch=torch.__version__,
+            numpy=np.__version__,
+            scipy=scipy.__version__,
+            python=platform.python_version(),
+        ),
+        machine=dict(
+            platform=platform.platform(),
+            processor=platform.processor() or platform.machine(),
+            cpus=os.cpu_count(),
+            torch_threads=torch.get_num_threads(),
+        ),
     )
 
 
@@ -203,15 +261,18 @@ def markdown(results: dict) -> str:
     task = TASKS[results["task"]]
     better = "higher" if task.metric == "accuracy" else "lower"
     lines = [
-        f"{task.summary}; {results['epochs']} epochs, H={results['hidden']}, seed {results['seed']} ({better} is better)",
+        f"{task.summary}; {results['epochs']} epochs, H={results['hidden']}, seed {results['seed']} "
+        f"({better} is better)",
         "",
         f"| model | parameters | test {task.metric} | original's published {task.metric} | train time |",
         "|---|---|---|---|---|",
     ]
     for name, row in results["models"].items():
         published = task.reference.get(name)
-        lines.append(f"| {name} | {row['parameters']:,} | {row['curve'][-1]:.4g} | "
-                     f"{'-' if published is None else published} | {row['seconds']:.0f} s |")
+        lines.append(
+            f"| {name} | {row['parameters']:,} | {row['curve'][-1]:.4g} | "
+            f"{'-' if published is None else published} | {row['seconds']:.0f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -219,8 +280,10 @@ def summary(results: list[dict]) -> str:
     """One markdown row per task: each model's final test score, the original's published one in
     brackets, the best of this run in bold."""
     models = [m for m in MODELS if any(m in r["models"] for r in results)]
-    lines = ["| task | score | " + " | ".join(f"{m} (original's)" for m in models) + " | budget |",
-             "|---|---|" + "---|" * len(models) + "---|"]
+    lines = [
+        "| task | score | " + " | ".join(f"{m} (original's)" for m in models) + " | budget |",
+        "|---|---|" + "---|" * len(models) + "---|",
+    ]
     for result in results:
         task = TASKS[result["task"]]
         scores = {m: row["curve"][-1] for m, row in result["models"].items()}
@@ -232,7 +295,10 @@ def summary(results: list[dict]) -> str:
                 continue
             text = f"{scores[m]:.4g}" if task.metric != "accuracy" else f"{scores[m]:.2f} %"
             published = task.reference.get(m)
-            cells.append(("**" + text + "**" if scores[m] == best else text) + (f" ({published})" if published is not None else ""))
+            cells.append(
+                ("**" + text + "**" if scores[m] == best else text)
+                + (f" ({published})" if published is not None else "")
+            )
         score = f"test {task.metric} ({'higher' if task.metric == 'accuracy' else 'lower'} is better)"
         budget = f"{result['epochs']} epochs, H={result['hidden']}, {result['train_shape'][0]:,} train"
         lines.append(f"| {task.name} | {score} | " + " | ".join(cells) + f" | {budget} |")
@@ -248,7 +314,7 @@ def plot(results: list[dict], path: str) -> None:
     except ImportError as error:  # matplotlib comes with the bench extra
         raise SystemExit(f"tasks: --plot needs matplotlib (pip install matplotlib): {error}") from error
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), squeeze=False)
-    for ax, result in zip(axes[0], results):
+    for ax, result in zip(axes[0], results, strict=True):
         task = TASKS[result["task"]]
         for name, row in result["models"].items():
             ax.plot(range(1, len(row["curve"]) + 1), row["curve"], marker=".", label=f"{name} ({row['parameters']:,})")
@@ -262,7 +328,13 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def run(
-    task_name: str, models: list[str], epochs: int, hidden: int, quick: bool, seed: int, data_dir: Path | None,
+    task_name: str,
+    models: list[str],
+    epochs: int,
+    hidden: int,
+    quick: bool,
+    seed: int,
+    data_dir: Path | None,
     train_size: int | None = None,
 ) -> dict:
     task = TASKS[task_name]
@@ -270,11 +342,24 @@ def run(
     if train_size is not None and train_size < data[0].shape[0]:  # a random subset, the same for every model
         keep = torch.randperm(data[0].shape[0], generator=torch.Generator().manual_seed(seed))[:train_size]
         data = (data[0][keep], data[1][keep], data[2], data[3])
-    print(f"{task.name}: {task.summary}; train {tuple(data[0].shape)}, test {tuple(data[2].shape)}; "
-          f"H={hidden}, {epochs} epochs, seed {seed}")
-    results = dict(task=task.name, epochs=epochs, hidden=hidden, quick=quick, seed=seed, metric=task.metric, train_size=train_size,
-                   data=("MNIST from " + str(data_dir)) if task.name == "smnist" and data_dir and not quick else "generated",
-                   train_shape=list(data[0].shape), test_shape=list(data[2].shape), **environment(), models={})
+    print(
+        f"{task.name}: {task.summary}; train {tuple(data[0].shape)}, test {tuple(data[2].shape)}; "
+        f"H={hidden}, {epochs} epochs, seed {seed}"
+    )
+    results = dict(
+        task=task.name,
+        epochs=epochs,
+        hidden=hidden,
+        quick=quick,
+        seed=seed,
+        metric=task.metric,
+        train_size=train_size,
+        data=("MNIST from " + str(data_dir)) if task.name == "smnist" and data_dir and not quick else "generated",
+        train_shape=list(data[0].shape),
+        test_shape=list(data[2].shape),
+        **environment(),
+        models={},
+    )
     for name in models:
         model = build_model(name, task, hidden, seed)
         parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -285,20 +370,28 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m esgp_sparse.tasks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m esgp_sparse.tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("tasks", nargs="*", metavar="TASK", help=f"one or more of {sorted(TASKS)}")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from esgp,gru,lstm,esn")
     parser.add_argument("--epochs", type=int, help="training epochs (default 30, quick 10)")
     parser.add_argument("--hidden", type=int, help="hidden units H (default 128, quick 32)")
     parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files (smnist); synthetic digits without it")
+    parser.add_argument(
+        "--data-dir", type=Path, help="folder with the MNIST IDX files (smnist); synthetic digits without it"
+    )
     parser.add_argument("--train-size", type=int, help="train on a random subset of this many sequences")
     parser.add_argument("--out", type=Path, help="write the results (JSON) here")
     parser.add_argument("--plot", help="draw the learning curves to this image file (needs matplotlib)")
-    parser.add_argument("--results", nargs="+", type=Path, metavar="JSON",
-                        help="train nothing: print the tables (and --plot) of earlier --out files")
+    parser.add_argument(
+        "--results",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="train nothing: print the tables (and --plot) of earlier --out files",
+    )
     args = parser.parse_args(argv)
     if args.results:
         results = []
@@ -322,7 +415,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     hidden = args.hidden if args.hidden is not None else (32 if args.quick else 128)
     if epochs < 1 or hidden < 1 or (args.train_size is not None and args.train_size < 1):
         parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {hidden} and {args.train_size}")
-    results = [run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size) for t in args.tasks]
+    results = [
+        run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size) for t in args.tasks
+    ]
     for result in results:
         print()
         print(markdown(result))

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _testing import TOL, cuda
+
 from esgp_sparse import ESGPCell
 from esgp_sparse.gates import DiagonalGate, SparseGate
 from esgp_sparse.ops import csr_to_dense, naive_cell
@@ -29,10 +29,13 @@ def test_dense_gate_parameters_are_exactly_the_originals():
     assert not any(b.requires_grad for b in cell.buffers())
 
 
-@pytest.mark.parametrize("gate, shapes", [
-    ("diagonal", lambda c: {"Win.weight": (33, 7), "gate.weight": (33,), "gate.bias": (33,)}),
-    ("sparse", lambda c: {"Win.weight": (33, 7), "gate.values": (c.gate.nnz,), "gate.bias": (33,)}),
-])
+@pytest.mark.parametrize(
+    "gate, shapes",
+    [
+        ("diagonal", lambda c: {"Win.weight": (33, 7), "gate.weight": (33,), "gate.bias": (33,)}),
+        ("sparse", lambda c: {"Win.weight": (33, 7), "gate.values": (c.gate.nnz,), "gate.bias": (33,)}),
+    ],
+)
 def test_scalable_gate_parameters(gate, shapes):
     cell = ESGPCell(7, 33, sparsity=0.2, gate=gate, seed=0)
     assert {name: tuple(p.shape) for name, p in cell.named_parameters()} == shapes(cell)
@@ -125,7 +128,7 @@ def test_state_dict_round_trip_into_a_different_draw(gate):
     assert source.nnz != target.nnz  # different draws, different sizes: load must resize
     target.load_state_dict(source.state_dict())
     assert target.nnz == source.nnz and target.seed == 1 and target.radius == source.radius
-    for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
+    for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items(), strict=True):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
     x = torch.randn(2, 4)
@@ -153,7 +156,9 @@ def test_reset_parameters_keeps_the_reservoir():
     before = {k: v.clone() for k, v in cell.state_dict().items() if isinstance(v, torch.Tensor)}
     cell.reset_parameters()
     after = cell.state_dict()
-    assert torch.equal(before["values"], after["values"]) and torch.equal(before["gate.col_indices"], after["gate.col_indices"])
+    assert torch.equal(before["values"], after["values"]) and torch.equal(
+        before["gate.col_indices"], after["gate.col_indices"]
+    )
     assert not torch.equal(before["Win.weight"], after["Win.weight"])
     assert not torch.equal(before["gate.values"], after["gate.values"])
 
@@ -175,7 +180,11 @@ BAD_ARGS = [
     (dict(sparsity=float("nan")), ValueError, r"expected sparsity in \(0, 1\], got sparsity=nan"),
     (dict(sparsity="0.1"), TypeError, r"expected sparsity to be a real number, got '0.1' \(str\)"),
     (dict(spectral_radius=-0.1), ValueError, r"expected spectral_radius in \[0, inf\), got spectral_radius=-0.1"),
-    (dict(spectral_radius=float("inf")), ValueError, r"expected spectral_radius in \[0, inf\), got spectral_radius=inf"),
+    (
+        dict(spectral_radius=float("inf")),
+        ValueError,
+        r"expected spectral_radius in \[0, inf\), got spectral_radius=inf",
+    ),
     (dict(gate="lstm"), ValueError, r"expected gate to be one of \('dense', 'diagonal', 'sparse'\), got gate='lstm'"),
     (dict(gate=None), TypeError, r"expected gate to be one of .*got None \(NoneType\)"),
     (dict(path="gpu"), ValueError, r"expected path to be one of \('auto', 'dense', 'sparse'\), got path='gpu'"),
@@ -184,7 +193,11 @@ BAD_ARGS = [
     (dict(dtype=torch.int64), ValueError, r"expected a floating point dtype, got dtype=torch.int64"),
     (dict(dtype="float32"), TypeError, r"expected dtype to be a torch.dtype or None, got 'float32' \(str\)"),
     (dict(radius_method="lanczos"), ValueError, r"expected radius_method to be one of"),
-    (dict(hidden_size=100, sparsity=0.005), ValueError, r"expected at least 1 recurrent connection per unit .*got sparsity=0.005 at hidden_size=100 .*nearly nilpotent"),
+    (
+        dict(hidden_size=100, sparsity=0.005),
+        ValueError,
+        r"expected at least 1 recurrent connection per unit .*got sparsity=0.005 at hidden_size=100 .*nearly nilpotent",
+    ),
     (dict(reservoir="W"), TypeError, r"expected reservoir to be an esgp_sparse.init.Reservoir, got str"),
 ]
 
@@ -197,7 +210,10 @@ def test_bad_arguments(kwargs, error, match):
 
 
 def test_dense_gate_too_large_names_the_scalable_gates():
-    with pytest.raises(ValueError, match=r"ESGPCell: a dense 1000000 x 1000000 gate needs 3,725.3 GiB.*gate='sparse' or gate='diagonal'"):
+    with pytest.raises(
+        ValueError,
+        match=r"ESGPCell: a dense 1000000 x 1000000 gate needs 3,725.3 GiB.*gate='sparse' or gate='diagonal'",
+    ):
         ESGPCell(4, 1_000_000, sparsity=1e-5)
     with pytest.raises(ValueError, match=r"reservoir \(path='dense'\) needs .*use path='sparse'"):
         ESGPCell(4, 1_000_000, sparsity=1e-5, gate="diagonal", path="dense")
@@ -206,9 +222,17 @@ def test_dense_gate_too_large_names_the_scalable_gates():
 BAD_INPUTS = [
     (lambda: (torch.randn(2, 3, 4), None), ValueError, r"expected input to be 1-D or 2-D, got shape \(2, 3, 4\)"),
     (lambda: (torch.randn(2, 5), None), ValueError, r"expected input.size\(-1\) == input_size=4, got 5"),
-    (lambda: (torch.randn(2, 4, dtype=torch.float64), None), ValueError, r"expected input.dtype == torch.float32 .*got torch.float64"),
+    (
+        lambda: (torch.randn(2, 4, dtype=torch.float64), None),
+        ValueError,
+        r"expected input.dtype == torch.float32 .*got torch.float64",
+    ),
     (lambda: (torch.randn(2, 4, device="meta"), None), ValueError, r"expected input on cpu .*got meta"),
-    (lambda: (torch.tensor([[1.0, float("nan"), 0, 0]]), None), ValueError, r"expected finite values in input, got NaN or inf"),
+    (
+        lambda: (torch.tensor([[1.0, float("nan"), 0, 0]]), None),
+        ValueError,
+        r"expected finite values in input, got NaN or inf",
+    ),
     (lambda: (torch.randn(2, 4), torch.full((2, 20), float("inf"))), ValueError, r"expected finite values in h"),
     (lambda: (torch.randn(2, 4), torch.randn(3, 20)), ValueError, r"expected h of shape \(2, 20\), got \(3, 20\)"),
     (lambda: (torch.randn(2, 4), torch.randn(20)), ValueError, r"expected h to be 2-D, got shape \(20,\)"),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+from _testing import TOL, cuda
 from torch._dynamo.utils import counters
 
-from _testing import TOL, cuda
 from esgp_sparse import ESGP, ESGPCell
 
 GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("dense", "sparse")]
@@ -47,7 +47,7 @@ def compare_compiled(cell, compiled, dtype):
     torch.testing.assert_close(got, eager, **TOL[dtype])
     params = [x, h, *cell.parameters()]
     grad = torch.randn_like(eager)
-    for g, e in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(eager, params, grad)):
+    for g, e in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(eager, params, grad), strict=True):
         torch.testing.assert_close(g, e, **TOL[dtype])
 
 
@@ -77,7 +77,7 @@ def test_esgp_compile_compiles_the_step_once_whatever_the_length():
         params = [x, *model.parameters()]
         got = torch.autograd.grad(out, params, grad)
         want = torch.autograd.grad(ref, [x, *eager.parameters()], grad)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, **TOL[torch.float32])
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] == 2  # the forward step and the backward step
@@ -97,7 +97,7 @@ def test_compiled_cell_on_cuda(gate, path):
     compiled = torch.compile(cell, fullgraph=True)(x, h)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     grads = [torch.autograd.grad(y.square().sum(), [x, *cell.parameters()]) for y in (compiled, eager)]
-    for g, e in zip(*grads):
+    for g, e in zip(*grads, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
@@ -111,5 +111,5 @@ def test_esgp_compile_on_cuda():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     out.square().sum().backward()
     ref.square().sum().backward()
-    for p, q in zip(model.parameters(), eager.parameters()):
+    for p, q in zip(model.parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4)

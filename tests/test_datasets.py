@@ -63,7 +63,7 @@ def test_mackey_glass_series_and_windows():
 def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     data = header + array.astype(np.uint8).tobytes()
-    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if compress else open(path, "wb") as f:
         f.write(data)
 
 

@@ -4,9 +4,9 @@ import warnings
 
 import pytest
 import torch
+from _testing import TOL, cuda
 from torch import nn
 
-from _testing import TOL, cuda
 from esgp_sparse import ESGP, ESGPCell
 
 GATES = ["dense", "diagonal", "sparse"]
@@ -27,9 +27,14 @@ def loop_reference(model: ESGP, x: torch.Tensor, h_0: torch.Tensor) -> tuple[tor
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
-@pytest.mark.parametrize("gate, path", [("dense", "dense"), ("dense", "sparse"), ("diagonal", "sparse"), ("sparse", "dense"), ("sparse", "sparse")])
+@pytest.mark.parametrize(
+    "gate, path",
+    [("dense", "dense"), ("dense", "sparse"), ("diagonal", "sparse"), ("sparse", "dense"), ("sparse", "sparse")],
+)
 def test_stack_equals_the_loop_of_cells_outputs_and_gradients(gate, path, batch_first):
-    model = ESGP(3, 23, num_layers=3, sparsity=0.2, batch_first=batch_first, gate=gate, path=path, seed=4, dtype=torch.float64)
+    model = ESGP(
+        3, 23, num_layers=3, sparsity=0.2, batch_first=batch_first, gate=gate, path=path, seed=4, dtype=torch.float64
+    )
     T, B = 9, 2
     x = torch.randn((B, T, 3) if batch_first else (T, B, 3), dtype=torch.float64, requires_grad=True)
     h_0 = torch.randn(3, B, 23, dtype=torch.float64, requires_grad=True)
@@ -41,7 +46,7 @@ def test_stack_equals_the_loop_of_cells_outputs_and_gradients(gate, path, batch_
     g_out, g_h = torch.randn_like(out), torch.randn_like(h_n)
     got = torch.autograd.grad((out, h_n), inputs, (g_out, g_h))
     want = torch.autograd.grad((ref_out, ref_h), inputs, (g_out, g_h))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL[torch.float64])
 
 
@@ -60,7 +65,12 @@ def test_shapes_like_nn_gru():
         out_u, h_u = model(unbatched)
         assert out_u.shape == gru(unbatched)[0].shape and h_u.shape == (2, 16)
         torch.testing.assert_close(out_u, out[0] if batch_first else out[:, 0])
-        torch.testing.assert_close(model(unbatched, h_u)[0], model(unbatched[None] if batch_first else unbatched[:, None], h_u[:, None])[0].squeeze(0 if batch_first else 1))
+        torch.testing.assert_close(
+            model(unbatched, h_u)[0],
+            model(unbatched[None] if batch_first else unbatched[:, None], h_u[:, None])[0].squeeze(
+                0 if batch_first else 1
+            ),
+        )
 
 
 def test_h0_defaults_to_zeros_and_is_used():
@@ -105,7 +115,7 @@ def test_dropout_between_layers_like_nn_gru():
 
 def test_seed_fixes_every_layer():
     a, b = ESGP(3, 40, num_layers=2, sparsity=0.1, seed=5), ESGP(3, 40, num_layers=2, sparsity=0.1, seed=5)
-    for ca, cb in zip(a.cells, b.cells):
+    for ca, cb in zip(a.cells, b.cells, strict=True):
         assert torch.equal(ca.values, cb.values) and torch.equal(ca.col_indices, cb.col_indices)
     torch.manual_seed(3)
     c = ESGP(3, 40, num_layers=2, sparsity=0.1)
@@ -157,7 +167,7 @@ def test_checkpoint_gives_the_same_gradients():
         out, h_n = m(x)
         (out.square().sum() + h_n.sum()).backward()
         grads.append([p.grad for p in m.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, **TOL[torch.float64])
     assert "checkpoint=True" in repr(light)
 
@@ -194,15 +204,31 @@ def test_bad_arguments(kwargs, error, match):
 BAD_INPUTS = [
     (lambda: (torch.randn(2, 3, 4, 5), None), ValueError, r"expected input to be 2-D or 3-D, got shape \(2, 3, 4, 5\)"),
     (lambda: (torch.randn(2, 3, 5), None), ValueError, r"expected input.size\(-1\) == input_size=4, got 5"),
-    (lambda: (torch.randn(2, 0, 4), None), ValueError, r"expected a non-empty sequence and batch, got input of shape \(2, 0, 4\)"),
+    (
+        lambda: (torch.randn(2, 0, 4), None),
+        ValueError,
+        r"expected a non-empty sequence and batch, got input of shape \(2, 0, 4\)",
+    ),
     (lambda: (torch.randn(2, 3, 4).double(), None), ValueError, r"expected input.dtype == torch.float32"),
     (lambda: (torch.randn(2, 3, 4).half(), None), ValueError, r"expected input.dtype == torch.float32"),
     (lambda: (torch.full((2, 3, 4), float("nan")), None), ValueError, r"expected finite values in input"),
     (lambda: (torch.randn(2, 3, 4), torch.randn(2, 20)), ValueError, r"expected h_0 to be 3-D, got shape \(2, 20\)"),
-    (lambda: (torch.randn(2, 3, 4), torch.randn(1, 2, 20)), ValueError, r"expected h_0 of shape \(2, 2, 20\), got \(1, 2, 20\)"),
+    (
+        lambda: (torch.randn(2, 3, 4), torch.randn(1, 2, 20)),
+        ValueError,
+        r"expected h_0 of shape \(2, 2, 20\), got \(1, 2, 20\)",
+    ),
     (lambda: (torch.randn(3, 4), torch.randn(2, 1, 20)), ValueError, r"expected h_0 to be 2-D, got shape \(2, 1, 20\)"),
-    (lambda: (torch.randn(2, 3, 4), torch.randn(2, 2, 20).double()), ValueError, r"expected h_0.dtype == torch.float32"),
-    (lambda: (torch.randn(2, 3, 4), torch.full((2, 2, 20), float("-inf"))), ValueError, r"expected finite values in h_0"),
+    (
+        lambda: (torch.randn(2, 3, 4), torch.randn(2, 2, 20).double()),
+        ValueError,
+        r"expected h_0.dtype == torch.float32",
+    ),
+    (
+        lambda: (torch.randn(2, 3, 4), torch.full((2, 2, 20), float("-inf"))),
+        ValueError,
+        r"expected finite values in h_0",
+    ),
     (lambda: ((1, 2, 3), None), TypeError, r"expected input to be a torch.Tensor, got tuple"),
 ]
 
@@ -227,5 +253,11 @@ def test_cuda_matches_cpu():
     out_c, h_c = model(x.cuda())
     out_c.square().sum().backward()
     torch.testing.assert_close(out_c.cpu(), out, rtol=1e-4, atol=1e-4)
-    for g, p in zip(grads, model.parameters()):
+    for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad.cpu(), g, rtol=1e-3, atol=1e-4)
+
+
+def test_compile_flag_does_not_shadow_module_compile():
+    model = ESGP(3, 16, sparsity=0.25, seed=0, compile=True)
+    assert model.compile_steps is True and callable(model.compile)
+    assert "compile=True" in model.extra_repr()

@@ -25,7 +25,7 @@ def test_cell_matches_the_original_outputs_and_gradients(path):
     grad = torch.randn_like(a)
     got = torch.autograd.grad(b, [x, h, ours.Win.weight, ours.gate.weight, ours.gate.bias], grad)
     want = torch.autograd.grad(a, [x, h, original.Win.weight, original.gate.weight, original.gate.bias], grad)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL)
 
 
@@ -55,7 +55,7 @@ def test_stack_matches_the_original(batch_first, path):
     grad = torch.randn_like(a)
     got = torch.autograd.grad(b, [x, *ours.parameters()], grad)
     want = torch.autograd.grad(a, [x, *original.parameters()], grad)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL)
 
 

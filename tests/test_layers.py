@@ -29,10 +29,13 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("layer, allowed", [
-    ("init", {"numpy", "scipy"}),
-    ("ops", {"torch"}),
-])
+@pytest.mark.parametrize(
+    "layer, allowed",
+    [
+        ("init", {"numpy", "scipy"}),
+        ("ops", {"torch"}),
+    ],
+)
 def test_layer_imports(layer, allowed):
     for path in (PACKAGE / layer).glob("*.py"):
         for name in imports(path):

@@ -10,8 +10,22 @@ from esgp_sparse import tasks
 
 def test_quick_run_end_to_end(tmp_path, capsys):
     out, image = tmp_path / "results.json", tmp_path / "curves.png"
-    tasks.main(["adding", "--quick", "--models", "esgp,esn,gru", "--epochs", "2", "--seed", "3",
-                "--out", str(out), "--plot", str(image)])
+    tasks.main(
+        [
+            "adding",
+            "--quick",
+            "--models",
+            "esgp,esn,gru",
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--plot",
+            str(image),
+        ]
+    )
     printed = capsys.readouterr()
     assert "| model | parameters | test MSE |" in printed.out and "| esn | 33 |" in printed.out
     assert "epoch 2/2" in printed.err  # a progress bar per epoch
@@ -21,8 +35,11 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert result["machine"]["cpus"] >= 1
     assert list(result["models"]) == ["esgp", "esn", "gru"]
     hidden, inputs = 32, 2
-    expected = {"esgp": inputs * hidden + hidden * hidden + hidden + hidden + 1, "esn": hidden + 1,
-                "gru": 3 * (inputs * hidden + hidden * hidden + 2 * hidden) + hidden + 1}
+    expected = {
+        "esgp": inputs * hidden + hidden * hidden + hidden + hidden + 1,
+        "esn": hidden + 1,
+        "gru": 3 * (inputs * hidden + hidden * hidden + 2 * hidden) + hidden + 1,
+    }
     for name, row in result["models"].items():
         assert row["parameters"] == expected[name]
         assert len(row["curve"]) == 2 and all(v >= 0 for v in row["curve"])

@@ -10,7 +10,7 @@ import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as sla
 
 RadiusMethod = Literal["auto", "dense", "arpack", "power"]
-RADIUS_METHODS = ("auto", "dense", "arpack", "power")
+RADIUS_METHODS: tuple[RadiusMethod, ...] = ("auto", "dense", "arpack", "power")
 
 #: Up to this size ``method="auto"`` takes all eigenvalues of the dense matrix (well under 0.1 s).
 DENSE_MAX_SIZE = 512
@@ -111,7 +111,13 @@ def spectral_radius(
     ncv = min(max(ncv, 2 * k + 1), n - 1)
     try:
         eigenvalues = sla.eigs(
-            matrix, k=k, which="LM", v0=_start_vector(n), tol=tol, ncv=ncv, maxiter=maxiter,
+            matrix,
+            k=k,
+            which="LM",
+            v0=_start_vector(n),
+            tol=tol,
+            ncv=ncv,
+            maxiter=maxiter,
             return_eigenvectors=False,
         )
     except sla.ArpackNoConvergence as error:
@@ -126,7 +132,9 @@ def spectral_radius(
 def _power_radius(matrix: sp.csr_array, iterations: int, window: int) -> float:
     """Geometric mean of ``|A x| / |x|`` over the last ``window`` of ``iterations`` power steps."""
     if not 1 <= window <= iterations:
-        raise ValueError(f"spectral_radius: expected 1 <= window <= iterations, got window={window}, iterations={iterations}")
+        raise ValueError(
+            f"spectral_radius: expected 1 <= window <= iterations, got window={window}, iterations={iterations}"
+        )
     x = _start_vector(matrix.shape[0])
     x /= np.linalg.norm(x)
     log_growth = np.empty(iterations)

@@ -64,7 +64,7 @@ def random_pattern(size: int, density: float, rng: np.random.Generator) -> tuple
     """
     total = size * size
     expected = total * density
-    positions = []
+    positions: list[np.ndarray] = []
     last = -1
     while last < total - 1:
         # Enough gaps to pass the end with overwhelming probability; loop in the rare other case.
@@ -126,7 +126,7 @@ def random_reservoir(
     check_connections(size, sparsity)
     rng = make_rng(seed, *key)
     crow, col = random_pattern(size, sparsity, rng)
-    values = rng.standard_normal(col.shape[0])
+    values = rng.standard_normal((col.shape[0],))
     if radius == 0.0:
         return Reservoir(crow, col, np.zeros_like(values), size, 0.0)
     matrix = sp.csr_array((values, col, crow), shape=(size, size))
@@ -141,7 +141,9 @@ def random_reservoir(
     return Reservoir(crow, col, values, size, radius)
 
 
-def reservoir_from_matrix(matrix: np.ndarray | sp.sparray | sp.spmatrix, *, radius_method: RadiusMethod = "auto") -> Reservoir:
+def reservoir_from_matrix(
+    matrix: np.ndarray | sp.sparray | sp.spmatrix, *, radius_method: RadiusMethod = "auto"
+) -> Reservoir:
     """Take a given square matrix as-is (its zeros dropped, no rescaling) and measure its radius."""
     csr = sp.csr_array(matrix, dtype=np.float64)
     if csr.ndim != 2 or csr.shape[0] != csr.shape[1]:
@@ -150,6 +152,9 @@ def reservoir_from_matrix(matrix: np.ndarray | sp.sparray | sp.spmatrix, *, radi
     csr.sort_indices()
     dtype = index_dtype(csr.shape[0], csr.nnz)
     return Reservoir(
-        csr.indptr.astype(dtype), csr.indices.astype(dtype), csr.data.copy(), csr.shape[0],
+        csr.indptr.astype(dtype),
+        csr.indices.astype(dtype),
+        csr.data.copy(),
+        csr.shape[0],
         spectral_radius(csr, radius_method),
     )

@@ -11,7 +11,12 @@ from .sparse import sparse_linear
 
 
 def esgp_cell(
-    x: Tensor, h: Tensor, input_weight: Tensor, recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor,
+    x: Tensor,
+    h: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
     spec: LayerSpec,
 ) -> Tensor:
     """``h' = g * h~ + (1 - g) * h`` for one step. Equals :func:`esgp_sparse.ops.naive.naive_cell`.
@@ -32,6 +37,8 @@ def esgp_cell(
         z = F.linear(candidate, gate_weight, gate_bias)
     elif spec.gate == "diagonal":
         z = torch.addcmul(gate_bias, gate_weight, candidate)
-    else:
+    elif spec.gate_csr is not None:
         z = sparse_linear(candidate, gate_weight, *spec.gate_csr) + gate_bias
+    else:
+        raise ValueError("esgp_cell: expected spec.gate_csr for a sparse gate, got None")
     return torch.lerp(h, candidate, torch.sigmoid(z))

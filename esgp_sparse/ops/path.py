@@ -6,7 +6,7 @@ from typing import Literal, NamedTuple
 
 Path = Literal["dense", "sparse"]
 PathRequest = Literal["auto", "dense", "sparse"]
-PATHS = ("auto", "dense", "sparse")
+PATHS: tuple[PathRequest, ...] = ("auto", "dense", "sparse")
 
 
 class Crossover(NamedTuple):

@@ -19,7 +19,8 @@ Reference twin: :func:`esgp_sparse.ops.naive.naive_layer`.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ from torch import Tensor
 from .sparse import CSR, csr_matmul, csr_sampled_matmul
 
 GateKind = Literal["dense", "diagonal", "sparse"]
-GATES = ("dense", "diagonal", "sparse")
+GATES: tuple[GateKind, ...] = ("dense", "diagonal", "sparse")
 
 #: Bytes of one (K, B, H) work tensor: the input projection of K steps, the backward's factors.
 CHUNK_BYTES = 4 * 2**20
@@ -97,7 +98,9 @@ def _matmul_add_(acc: Tensor, x: Tensor, weight: Tensor, csr: CSR | None, rows: 
     return acc.addmm_(x, weight) if rows else acc.addmm_(weight, x)
 
 
-def forward_step(u: Tensor, h: Tensor, ops: Operands, spec: LayerSpec, h_out: Tensor, candidate_out: Tensor, gate_out: Tensor) -> None:
+def forward_step(
+    u: Tensor, h: Tensor, ops: Operands, spec: LayerSpec, h_out: Tensor, candidate_out: Tensor, gate_out: Tensor
+) -> None:
     """One step, written into the ``*_out`` tensors; ``u = W_in x_t`` is overwritten.
 
     ``u``, ``h`` and the outputs are (B, H) blocks if ``spec.rows`` else (H, B); ``ops`` are the
@@ -118,8 +121,15 @@ def forward_step(u: Tensor, h: Tensor, ops: Operands, spec: LayerSpec, h_out: Te
 
 
 def backward_step(
-    grad_h: Tensor, carry: Tensor, candidate: Tensor, gate: Tensor, h_prev: Tensor, ops: Operands, spec: LayerSpec,
-    grad_z_out: Tensor, grad_a_out: Tensor,
+    grad_h: Tensor,
+    carry: Tensor,
+    candidate: Tensor,
+    gate: Tensor,
+    h_prev: Tensor,
+    ops: Operands,
+    spec: LayerSpec,
+    grad_z_out: Tensor,
+    grad_a_out: Tensor,
 ) -> Tensor:
     """Reverse of :func:`forward_step`; returns dL/dh (the next carry).
 
@@ -168,7 +178,19 @@ def chunk_size(steps: int, hidden_size: int, batch: int, element_size: int) -> i
 
 class _ESGPLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, input_weight, recurrent, gate_weight, gate_bias, spec: LayerSpec, batch_first: bool, keep: bool, checkpoint: bool):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        h0: Tensor,
+        input_weight: Tensor,
+        recurrent: Tensor,
+        gate_weight: Tensor,
+        gate_bias: Tensor,
+        spec: LayerSpec,
+        batch_first: bool,
+        keep: bool,
+        checkpoint: bool,
+    ) -> Tensor:
         # x is (B, T, I) if batch_first else (T, B, I); `seq` views it time-major either way.
         seq = x.transpose(0, 1) if batch_first else x
         steps, batch, _ = seq.shape
@@ -181,7 +203,8 @@ class _ESGPLayer(torch.autograd.Function):
         # `keep`: a backward will follow. Without one (or with `checkpoint`, whose backward recomputes
         # them), a single scratch block of candidates and gates suffices.
         save_steps = keep and not checkpoint
-        candidates, gates = [], []
+        candidates: list[Tensor] = []
+        gates: list[Tensor] = []
         k = chunk_size(steps, hidden, batch, x.element_size())
         block = (batch, hidden) if rows else (hidden, batch)
         # Reused buffers: the input projection of a chunk, and the state ping-ponging between two.
@@ -209,7 +232,7 @@ class _ESGPLayer(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, h0, input_weight, recurrent, gate_weight, gate_bias, out, *per_step = ctx.saved_tensors
         spec: LayerSpec = ctx.spec
         rows = spec.rows
@@ -241,11 +264,13 @@ class _ESGPLayer(torch.autograd.Function):
         for stop in range(steps, 0, -k):
             start = max(0, stop - k)
             grad_z, grad_a = grad_z_buf[: stop - start], grad_a_buf[: stop - start]
-            if per_step:
+            if c_buf is not None:
                 c, step_c, step_g = c_buf[: stop - start], candidates[start:stop], gates[start:stop]
-            else:  # checkpointed: recompute this chunk's candidates and gates from the saved states
+            elif forward_ops is not None:  # checkpointed: recompute this chunk's candidates and gates
                 c, g = _recompute(seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec, forward)
                 step_c, step_g = c.unbind(0), g.unbind(0)
+            else:
+                raise RuntimeError("esgp_layer: neither saved nor recomputable candidates")
             c_steps, grad_z_steps, grad_a_steps = c.unbind(0), grad_z.unbind(0), grad_a.unbind(0)
             for t in range(stop - 1, start - 1, -1):
                 i = t - start
@@ -253,7 +278,9 @@ class _ESGPLayer(torch.autograd.Function):
                 h_prev = state_steps[t - 1] if t > 0 else h0_step
                 if spec.compiled:  # their strides depend on T: copies keep one compiled graph for all T
                     grad_t, h_prev = grad_t.contiguous(), h_prev.contiguous()
-                carry = backward(grad_t, carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i])
+                carry = backward(
+                    grad_t, carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i]
+                )
                 if per_step:
                     c_steps[i].copy_(step_c[i])  # while it is in cache
             x_chunk = seq[start:stop]  # (K, B, I)
@@ -264,17 +291,25 @@ class _ESGPLayer(torch.autograd.Function):
                 grad_gate_weight += torch.tensordot(grad_z, c, dims=([0, batch_dim], [0, batch_dim]))
             elif spec.gate == "diagonal":
                 grad_gate_weight += (grad_z * c).sum((0, batch_dim))
-            else:
+            elif spec.gate_csr is not None:
                 rows_zb = grad_z.permute(1, 0, 2).reshape(hidden, -1)  # (H, K*B)
                 cols_bc = c.permute(0, 2, 1).reshape(-1, hidden)  # (K*B, H)
                 grad_gate_weight += csr_sampled_matmul(spec.gate_csr.crow, spec.gate_csr.col, rows_zb, cols_bc)
+            else:
+                raise ValueError("esgp_layer: expected spec.gate_csr for a sparse gate, got None")
             grad_gate_bias += grad_z.sum((0, batch_dim))
         grad_h0 = carry if rows else carry.t()
         return grad_x, grad_h0, grad_input_weight, None, grad_gate_weight, grad_gate_bias, None, None, None, None
 
 
 def _recompute(
-    x_chunk: Tensor, start: int, h0: Tensor, out_seq: Tensor, input_weight: Tensor, ops: Operands, spec: LayerSpec,
+    x_chunk: Tensor,
+    start: int,
+    h0: Tensor,
+    out_seq: Tensor,
+    input_weight: Tensor,
+    ops: Operands,
+    spec: LayerSpec,
     forward: Callable,
 ) -> tuple[Tensor, Tensor]:
     """Candidates and gates of the K steps from ``start`` again, from their inputs (K, B, I) and the
@@ -291,8 +326,15 @@ def _recompute(
 
 
 def esgp_layer(
-    x: Tensor, h0: Tensor, input_weight: Tensor, recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor,
-    spec: LayerSpec, batch_first: bool = False, checkpoint: bool = False,
+    x: Tensor,
+    h0: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    spec: LayerSpec,
+    batch_first: bool = False,
+    checkpoint: bool = False,
 ) -> Tensor:
     """Run one ESGP layer over a sequence. Equals :func:`esgp_sparse.ops.naive.naive_layer`.
 
@@ -311,7 +353,5 @@ def esgp_layer(
     """
     if recurrent.requires_grad:
         raise ValueError("esgp_layer: expected a fixed reservoir, got recurrent.requires_grad=True")
-    keep = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias)
-    )
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias))
     return _ESGPLayer.apply(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, keep, checkpoint)

@@ -14,7 +14,7 @@ Reference twins: :func:`esgp_sparse.ops.naive.naive_linear` for all of them.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -132,12 +132,12 @@ def _(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, crow_t: Tensor, col_
     return x.new_empty((x.shape[0], crow.shape[0] - 1))
 
 
-def _sparse_linear_setup(ctx, inputs, output) -> None:
+def _sparse_linear_setup(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
     x, values, crow, col, crow_t, col_t, perm_t = inputs
     ctx.save_for_backward(x, values, crow, col, crow_t, col_t, perm_t)
 
 
-def _sparse_linear_backward(ctx, grad: Tensor):
+def _sparse_linear_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     x, values, crow, col, crow_t, col_t, perm_t = ctx.saved_tensors
     grad_x = grad_values = None
     grad_cols = grad.t().contiguous()  # (n_rows, B)

@@ -43,7 +43,9 @@ def test_radius_of_the_matrix_actually_used(hidden, density):
     assert abs(dense_radius(r.to_scipy()) / 0.9 - 1) <= 1e-3
     assert r.radius == 0.9
     # The float32 copy a default module holds is the same matrix to float32 rounding.
-    as_f32 = sp.csr_array((r.values.astype(np.float32).astype(np.float64), r.col_indices, r.crow_indices), shape=(hidden, hidden))
+    as_f32 = sp.csr_array(
+        (r.values.astype(np.float32).astype(np.float64), r.col_indices, r.crow_indices), shape=(hidden, hidden)
+    )
     assert abs(dense_radius(as_f32) / 0.9 - 1) <= 1e-3
 
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _testing import TOL, cuda, pattern, reservoir_tensors
 
 import esgp_sparse.ops.sequence as sequence
-from _testing import TOL, cuda, pattern, reservoir_tensors
 from esgp_sparse.ops import LayerSpec, csr_to_dense, esgp_cell, esgp_layer, naive_cell, naive_layer
 
 T, B, I, H = 11, 3, 4, 29
@@ -48,8 +48,8 @@ def test_layer_equals_naive_outputs_and_all_gradients(gate, path, batch_first, m
     inputs = list(p.values())
     got = torch.autograd.grad(out, inputs, grad, retain_graph=True)
     want = torch.autograd.grad(ref, inputs, grad)
-    for name, g, w in zip(p, got, want):
-        torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m: f"d/d{name}: {m}")
+    for name, g, w in zip(p, got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
@@ -65,7 +65,9 @@ def test_checkpoint_recomputes_the_same_gradients(gate, path, batch_first, monke
     assert len(out.grad_fn.saved_tensors) == 7 + 2 * T
     grad = torch.randn_like(out)
     inputs = list(p.values())
-    for g, w in zip(torch.autograd.grad(out_checkpointed, inputs, grad), torch.autograd.grad(out, inputs, grad)):
+    for g, w in zip(
+        torch.autograd.grad(out_checkpointed, inputs, grad), torch.autograd.grad(out, inputs, grad), strict=True
+    ):
         torch.testing.assert_close(g, w, **TOL[torch.float64])
 
 
@@ -79,7 +81,7 @@ def test_cell_equals_naive_outputs_and_gradients(gate, path):
     inputs = [p["x"], p["h0"], p["input_weight"], p["gate_weight"], p["gate_bias"]]
     got = torch.autograd.grad(out.square().sum(), inputs, retain_graph=True)
     want = torch.autograd.grad(ref.square().sum(), inputs)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL[torch.float64])
 
 
@@ -87,7 +89,9 @@ def test_layer_float32_matches_float64_reference():
     p, recurrent, spec, dense, gate_dense = problem("dense", "sparse")
     ref = naive_layer(p["x"], p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
     f32 = {k: v.detach().float() for k, v in p.items()}
-    out = esgp_layer(f32["x"], f32["h0"], f32["input_weight"], recurrent.float(), f32["gate_weight"], f32["gate_bias"], spec)
+    out = esgp_layer(
+        f32["x"], f32["h0"], f32["input_weight"], recurrent.float(), f32["gate_weight"], f32["gate_bias"], spec
+    )
     torch.testing.assert_close(out.double(), ref.detach(), **TOL[torch.float32])
 
 
@@ -102,7 +106,9 @@ def test_layer_gradcheck():
 def test_fixed_reservoir_is_enforced():
     p, recurrent, spec, *_ = problem("dense", "dense")
     with pytest.raises(ValueError, match="expected a fixed reservoir, got recurrent.requires_grad=True"):
-        esgp_layer(p["x"], p["h0"], p["input_weight"], recurrent.requires_grad_(), p["gate_weight"], p["gate_bias"], spec)
+        esgp_layer(
+            p["x"], p["h0"], p["input_weight"], recurrent.requires_grad_(), p["gate_weight"], p["gate_bias"], spec
+        )
 
 
 def test_chunk_size_bounds():
@@ -119,5 +125,5 @@ def test_layer_on_cuda_matches_cpu(gate, path):
         p, recurrent, spec, *_ = problem(gate, path, device=device)
         out = esgp_layer(p["x"], p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], spec)
         results.append([out, *torch.autograd.grad(out.square().sum(), list(p.values()))])
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-7, atol=1e-9)

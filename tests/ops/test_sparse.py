@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _testing import TOL, cuda, pattern, reservoir_tensors
+
 from esgp_sparse.ops import (
     csr_matmul,
     csr_row_indices,
@@ -57,7 +57,7 @@ def test_sparse_linear_equals_naive_outputs_and_gradients(dtype):
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (x, values), grad)
     want = torch.autograd.grad(ref, (x, values), grad)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL[dtype])
 
 
@@ -74,9 +74,7 @@ def test_opcheck():
     x = torch.randn(4, 23, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(sparse_linear, (x, values, *csr))
     torch.library.opcheck(csr_matmul, (csr.crow, csr.col, values.detach(), x.detach().t().contiguous()))
-    torch.library.opcheck(
-        csr_sampled_matmul, (csr.crow, csr.col, torch.randn(23, 4, dtype=torch.float64), x.detach())
-    )
+    torch.library.opcheck(csr_sampled_matmul, (csr.crow, csr.col, torch.randn(23, 4, dtype=torch.float64), x.detach()))
 
 
 @cuda
@@ -90,5 +88,5 @@ def test_cuda_matches_cpu():
     out_cuda = sparse_linear(dev[0], dev[1], *(t.cuda() for t in csr))
     grads_cuda = torch.autograd.grad(out_cuda.square().sum(), dev)
     torch.testing.assert_close(out_cuda.cpu(), out, rtol=1e-4, atol=1e-4)
-    for g, h in zip(grads, grads_cuda):
+    for g, h in zip(grads, grads_cuda, strict=True):
         torch.testing.assert_close(h.cpu(), g, rtol=1e-4, atol=1e-4)
