@@ -98,7 +98,13 @@ def main() -> None:
     )
     if args.model == "esgp_sparse":
         cell = model.cells[0]
-        info.update(nnz=cell.nnz, path_used=cell.path, radius=cell.radius)
+        info.update(
+            nnz=cell.nnz,
+            path_used=cell.path,
+            radius=cell.radius,
+            radius_error=cell.radius_error,
+            radius_measured_with=cell.radius_measured_with,
+        )
     print(json.dumps(info))
 
 

@@ -2,7 +2,7 @@
 
 - ratios: per group, each row's median and its speed-up over a reference row (``--reference``);
 - crossover: per device, batch and size, where the CSR product beats the dense GEMM;
-- radius: each method's error against tight ARPACK;
+- radius: each method's error against the reference (dense eigenvalues or ARPACK at tol=1e-10);
 - exponents: the slope of log(time) against log(nnz) of every line with a fixed density per unit.
 
     python benchmarks/report.py .results/*.json [--reference original]
@@ -67,24 +67,27 @@ def crossover(rows: list[dict]) -> list[str]:
 
 
 def radius(rows: list[dict]) -> list[str]:
-    errors: dict = defaultdict(list)
+    """Per method, matrix kind and size: the largest |error| against the reference, the methods that
+    answered, the most products and seconds; and the reference's own time."""
+    table: dict = defaultdict(list)
+    reference_s: dict = {}
     for bench in rows:
         if bench["group"] == "radius":
             info = bench["extra_info"]
-            errors[info["method"]].append((abs(info["rel_error"]), info["n"], bench["stats"]["median"]))
-            if info["method"] == "power":  # one entry per matrix
-                errors["circular law (bulk edge)"].append((abs(info["circle_rel_error"]), info["n"], 0.0))
-    lines = []
-    for method, found in sorted(errors.items()):
-        worst = max(found)
-        by_size = defaultdict(float)
-        for _, n, seconds in found:
-            by_size[n] = max(by_size[n], seconds)
-        slowest = ", ".join(f"n={n}: {s:.2f}s" for n, s in sorted(by_size.items()) if s)
+            key = (info["method"], info["kind"], info["n"])
+            table[key].append((abs(info["rel_error"]), info["method_used"], info["products"], bench["stats"]["median"]))
+            reference_s[(info["kind"], info["n"], info["parameter"])] = (info["reference_method"], info["reference_s"])
+    lines = [f"{'method':7s} {'kind':8s} {'n':>7s} {'max |error|':>11s}  {'answered by':22s} {'products':>8s} seconds"]
+    for (method, kind, n), found in sorted(table.items()):
+        used = ", ".join(sorted({f[1] for f in found}))
         lines.append(
-            f"{method:26s} max |error| {worst[0]:.2%} (n={worst[1]}) over {len(found)} matrices"
-            + (f"; slowest {slowest}" if slowest else "")
+            f"{method:7s} {kind:8s} {n:7d} {max(f[0] for f in found):11.1e}  {used:22s} "
+            f"{max(f[2] for f in found):8d} {max(f[3] for f in found):7.2f}"
         )
+    lines += [
+        f"reference {kind} n={n} ({parameter:g}): {how}, {seconds:.1f} s"
+        for (kind, n, parameter), (how, seconds) in sorted(reference_s.items())
+    ]
     return lines
 
 

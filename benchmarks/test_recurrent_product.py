@@ -56,3 +56,46 @@ def test_product(benchmark, path, hidden, density, batch, device):
         path=path, hidden=hidden, density=density, batch=batch, nnz=reservoir.nnz, device=device, dtype="float32"
     )
     benchmark(run)
+
+
+TORCH_SPARSE_WHY = (
+    "torch_sparse (PyG) is not installed: it is not a dependency (no wheel on the registry for this torch, "
+    "12-45 minutes to build from source on 2 cores, and PyG itself moved to torch.sparse); build it by hand "
+    "to run this comparison"
+)
+
+
+@pytest.mark.parametrize("batch", [1, 8, 32], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("hidden", [4096, 65536, 1_000_000], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("backend", ["torch-int32", "torch-int64", "torch_sparse"])
+def test_against_torch_sparse(benchmark, backend, hidden, batch):
+    """torch's CSR product (int32 or int64 indices) against PyG's torch-sparse, 10 connections per
+    unit, float32, CPU: the comparison behind README's "Why not torch-sparse"."""
+    if backend == "torch_sparse":
+        torch_sparse = pytest.importorskip("torch_sparse", reason=TORCH_SPARSE_WHY)
+    reservoir = random_reservoir(
+        hidden, 10 / hidden, 0.9, seed=0, radius_method="arpack" if hidden <= 65536 else "power"
+    )
+    crow = torch.from_numpy(reservoir.crow_indices)
+    col = torch.from_numpy(reservoir.col_indices)
+    values = torch.from_numpy(reservoir.values).float()
+    h = torch.randn(hidden, batch)
+    expected = csr_matmul(crow, col, values, h)
+    if backend == "torch_sparse":
+        matrix = torch_sparse.SparseTensor(
+            rowptr=crow.long(), col=col.long(), value=values, sparse_sizes=(hidden, hidden)
+        )
+
+        def run():
+            return matrix.matmul(h)
+    else:
+        dtype = torch.int32 if backend == "torch-int32" else torch.int64
+        crow_b, col_b = crow.to(dtype), col.to(dtype)
+
+        def run():
+            return csr_matmul(crow_b, col_b, values, h)
+
+    torch.testing.assert_close(run(), expected, rtol=1e-4, atol=1e-4)
+    benchmark.group = f"torch-sparse-H{hidden}-B{batch}"
+    benchmark.extra_info.update(backend=backend, path=backend, hidden=hidden, batch=batch, nnz=reservoir.nnz)
+    benchmark(run)

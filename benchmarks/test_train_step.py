@@ -5,7 +5,8 @@
 
 Shapes: the original's sequential-MNIST setting (I=1, H=128, T=784, B=128, sparsity 0.1), and
 I=64, T=100, B=32, sparsity 0.01 at H=1024 and H=4096. ``esgp_sparse`` is the published model (dense
-gate, ``path="auto"``); ``esgp_sparse-sparse-gate`` swaps in the learned sparse gate.
+gate, ``path="auto"``); ``esgp_sparse-sparse-gate`` swaps in the learned sparse gate; ``-bf16``
+is the same model in bfloat16 (inputs and target too), ``-compiled`` with ``compile=True``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ QUICK = {
 
 def build(model: str, s: dict) -> nn.Module:
     i, h = s["input_size"], s["hidden"]
+    if model in BF16:
+        return build(model.removesuffix("-bf16"), s).to(torch.bfloat16)
     if model == "esgp_sparse":
         return ESGP(i, h, sparsity=s["sparsity"], seed=0)
     if model == "esgp_sparse-sparse-gate":
@@ -49,7 +52,13 @@ def build(model: str, s: dict) -> nn.Module:
     return {"gru": nn.GRU, "lstm": nn.LSTM}[model](i, h, batch_first=True)
 
 
-CASES = [(s, m) for s in SHAPES for m in MODELS]
+BF16 = ["esgp_sparse-bf16", "esgp_sparse-sparse-gate-bf16"]
+CASES = [(s, m) for s in SHAPES for m in MODELS] + [
+    ("smnist", "esgp_sparse-bf16"),
+    ("smnist", "esgp_sparse-sparse-gate-bf16"),
+    ("H1024", "esgp_sparse-sparse-gate-bf16"),
+    ("H4096", "esgp_sparse-sparse-gate-bf16"),
+]
 
 
 @pytest.mark.parametrize("device", devices())
@@ -60,8 +69,9 @@ def test_train_step(benchmark, shape, model, device):
     torch.manual_seed(0)
     s = SHAPES[shape]
     net = build(model, s).to(device)
-    x = torch.randn(s["batch"], s["steps"], s["input_size"], device=device)
-    target = torch.randn(s["batch"], s["hidden"], device=device)
+    dtype = torch.bfloat16 if model in BF16 else torch.float32
+    x = torch.randn(s["batch"], s["steps"], s["input_size"], device=device, dtype=dtype)
+    target = torch.randn(s["batch"], s["hidden"], device=device, dtype=dtype)
 
     def step():
         net.zero_grad(set_to_none=True)
@@ -73,12 +83,14 @@ def test_train_step(benchmark, shape, model, device):
 
     assert torch.isfinite(step())  # warm-up (and compilation), checked once before timing
     benchmark.group = f"train-step-{shape}" + ("" if device == "cpu" else f"-{device}")
-    info = dict(model=model, shape=shape, device=device, **s)
+    info = dict(model=model, shape=shape, device=device, dtype=str(dtype), **s)
     if isinstance(net, ESGP):
         info.update(path=net.cells[0].path, nnz=net.cells[0].nnz, gate=net.gate_type)
     if device == "cuda":
         info.update(peak_mib=cuda_peak_mib(step))
-    elif model != "esgp_sparse-compiled":  # a fresh process builds and steps the same model (no compile)
+    elif (
+        model != "esgp_sparse-compiled" and model not in BF16
+    ):  # a fresh process builds and steps the same model (no compile)
         kind = {"esgp_sparse": ("esgp_sparse", "dense"), "esgp_sparse-sparse-gate": ("esgp_sparse", "sparse")}
         name, gate = kind.get(model, (model, None))
         info.update(

@@ -83,8 +83,19 @@ def check_dtype(owner: str, dtype: object) -> torch.dtype:
 
 
 def draw_seed() -> int:
-    """A seed drawn from torch's global generator, so that ``torch.manual_seed`` fixes it."""
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+    """A seed drawn from torch's global generator, so that ``torch.manual_seed`` fixes it.
+
+    Inside an initialised ``torch.distributed`` process group the seed is drawn on rank 0 and
+    broadcast, so that every rank builds the same reservoir even where the ranks' generators differ
+    (a collective: every rank must build the model, as DistributedDataParallel requires anyway).
+    """
+    seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        nccl = torch.distributed.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        seed = seed.to(device)
+        torch.distributed.broadcast(seed, src=0)
+    return int(seed.item())
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -122,8 +133,8 @@ def check_dense_fits(
 def check_tensor(owner: str, name: str, value: object, dims: tuple[int, ...], like: Tensor) -> Tensor:
     """A tensor with one of the allowed ``dims``, of ``like``'s dtype and device, with finite values.
 
-    The finiteness check reads the data; it is skipped while torch.compile traces (it would break the
-    graph), so compiled callers get the shape, dtype and device checks only.
+    The finiteness check reads the data, so it runs only where that is free (:func:`finiteness_is_free`:
+    CPU tensors, eager mode); elsewhere callers get the shape, dtype and device checks only.
     """
     if not isinstance(value, Tensor):
         raise TypeError(f"{owner}: expected {name} to be a torch.Tensor, got {type(value).__name__}")
@@ -140,6 +151,32 @@ def check_tensor(owner: str, name: str, value: object, dims: tuple[int, ...], li
             f"{owner}: expected {name} on {like.device} (the module's device), got {value.device}; "
             "move the input or the module"
         )
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+    if finiteness_is_free(value) and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{owner}: expected finite values in {name}, got NaN or inf")
     return value
+
+
+def finiteness_is_free(value: Tensor) -> bool:
+    """Whether the NaN/inf check of an input may read its data: on CPU tensors in eager mode only.
+
+    On an accelerator it would synchronise the device on every call (and forbid CUDA-graph capture);
+    under torch.compile it would break the graph; under a torch.func transform (vmap, grad) a batched
+    tensor cannot become a Python bool. There the check is skipped, not faked.
+    """
+    return (
+        value.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and torch._C._functorch.peek_interpreter_stack() is None
+    )
+
+
+def check_not_vmapped(owner: str, why: str) -> None:
+    """Refuse to run under ``torch.func.vmap``, saying why and what to do instead."""
+    if torch.compiler.is_compiling():  # Dynamo cannot trace the interpreter stack; vmap is not traced here
+        return
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    if interpreter is not None and interpreter.key() == torch._C._functorch.TransformType.Vmap:
+        raise NotImplementedError(
+            f"{owner}: torch.func.vmap is not supported ({why}); put the vmapped dimension into the "
+            "batch dimension B instead, which every op here handles in one call"
+        )

@@ -40,9 +40,11 @@ class ESGPCell(PatternModule):
 
     ``W`` is fixed (a buffer, never trained), random and sparse: each of the H^2 connections is present
     with probability ``sparsity`` and drawn from N(0, 1), and the matrix is then scaled so that the
-    spectral radius of **the matrix actually used** equals ``spectral_radius`` (measured on the
-    sparse matrix with ARPACK; the original package measured it before masking, which left its
-    real radius near ``spectral_radius * sqrt(sparsity)``). ``W_in`` and the gate are learned.
+    spectral radius of **the matrix actually used** equals ``spectral_radius``: measured on the
+    sparse matrix (dense eigenvalues, ARPACK, or a checked power iteration at large H), then measured
+    again on the stored, scaled matrix, which :attr:`radius` reports with its error estimate (the
+    original package measured before masking, which left its real radius near
+    ``spectral_radius * sqrt(sparsity)``). ``W_in`` and the gate are learned.
 
     Args:
         input_size: I, features of ``x``.
@@ -60,8 +62,8 @@ class ESGPCell(PatternModule):
         seed: seed of the reservoir and of the sparse gate's pattern. ``None`` draws one from torch's
             global generator, so ``torch.manual_seed`` fixes it as well. The learned parameters are
             initialised from torch's generator as in ``torch.nn``.
-        radius_method: how the radius is measured before scaling: ``"auto"``, ``"dense"`` or
-            ``"arpack"`` (see :func:`esgp_sparse.init.spectral_radius`).
+        radius_method: how the radius is measured: ``"auto"``, ``"dense"``, ``"arpack"`` or ``"power"``
+            (see :func:`esgp_sparse.init.measure_radius`).
         reservoir: use this reservoir (an :class:`esgp_sparse.init.Reservoir`, e.g. from
             :func:`esgp_sparse.init.reservoir_from_matrix`) as-is instead of drawing one; ``sparsity``
             and ``spectral_radius`` then only describe what was asked for.
@@ -80,7 +82,11 @@ class ESGPCell(PatternModule):
         col_indices: (nnz,) same dtype, the reservoir's columns.
         values: (nnz,) floating buffer, the reservoir's values.
         path: the path in use, ``"dense"`` or ``"sparse"``.
-        radius: the measured spectral radius of the reservoir in use (a float).
+        radius: the spectral radius of the reservoir in use, measured on the stored matrix (a float).
+        radius_error: its relative error estimate (:class:`esgp_sparse.init.RadiusEstimate`; NaN
+            for a state_dict saved by 0.1.0).
+        radius_measured_with: the method that measured it (``"dense"``, ``"arpack"``, ``"power"``,
+            ``"power+ritz"``, ...).
         seed: the seed the reservoir (unless given) and the sparse gate's pattern were drawn from.
 
     Raises:
@@ -135,6 +141,7 @@ class ESGPCell(PatternModule):
 
         seed = _checks.check_seed(_OWNER, seed)
         self.seed = _checks.draw_seed() if seed is None else seed
+        self.seeded_reservoir = reservoir is None
         if reservoir is None:
             check_connections(self.hidden_size, self.sparsity, _OWNER)
             reservoir = random_reservoir(
@@ -155,6 +162,8 @@ class ESGPCell(PatternModule):
                     f"{_OWNER}: expected a reservoir of size hidden_size={self.hidden_size}, got size {reservoir.size}"
                 )
         self.radius = float(reservoir.radius)
+        self.radius_error = float(reservoir.radius_error)
+        self.radius_measured_with = reservoir.radius_method
         self.register_pattern(reservoir.crow_indices, reservoir.col_indices, device)
         self.register_buffer("values", torch.as_tensor(reservoir.values, device=device).to(dtype))
 
@@ -177,8 +186,8 @@ class ESGPCell(PatternModule):
 
         Its masked matrix ``W * mask`` is taken as-is (no renormalisation; :attr:`radius` reports
         what it really is), and its learned ``Win`` and ``gate`` are copied, so outputs and gradients
-        match the original's. ``kwargs`` pass on (``path=``, ``device=``, ``dtype=``, ...); the gate
-        is the original's dense one.
+        match the original's. ``kwargs`` pass on (``path=``, ``device=``, ``dtype=``,
+        ``radius_method=``, which measures the taken matrix); the gate is the original's dense one.
         """
         for name in ("W", "mask", "Win", "gate", "input_size", "hidden_size"):
             if not hasattr(cell, name):
@@ -198,7 +207,7 @@ class ESGPCell(PatternModule):
             cell.hidden_size,
             float(cell.sparsity),
             float(cell.spectral_radius),
-            reservoir=reservoir_from_matrix(matrix),
+            reservoir=reservoir_from_matrix(matrix, radius_method=kwargs.get("radius_method", "auto")),
             **kwargs,
         )
         gate = cast(nn.Linear, new.gate)
@@ -219,7 +228,7 @@ class ESGPCell(PatternModule):
         if self.path_request == "dense" or self.path_request == "sparse":
             path = self.path_request
         else:
-            path = choose_path(self.hidden_size, self.nnz, device.type)
+            path = choose_path(self.hidden_size, self._density(), device.type)
             if path == "dense" and not _checks.dense_fits(self.hidden_size, self.values.dtype, device):
                 path = "sparse"
         self.path = path
@@ -234,6 +243,11 @@ class ESGPCell(PatternModule):
         if isinstance(self.gate, SparseGate):
             self.gate.derive_pattern(path)
 
+    def _density(self) -> float:
+        """The density the path is chosen from: the requested ``sparsity`` for a drawn reservoir (the
+        same for every seed), the actual one for a reservoir given as-is."""
+        return self.sparsity if self.seeded_reservoir else self.nnz / float(self.hidden_size) ** 2
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ESGPCell:
         super()._apply(fn, recurse)
         self._use_path()
@@ -244,15 +258,34 @@ class ESGPCell(PatternModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"radius": self.radius, "seed": self.seed}
+        return {
+            "radius": self.radius,
+            "radius_error": self.radius_error,
+            "radius_measured_with": self.radius_measured_with,
+            "seed": self.seed,
+            "seeded_reservoir": self.seeded_reservoir,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.radius = float(state["radius"])
+        # state_dicts of 0.1.0 carry no error estimate: unknown.
+        self.radius_error = float(state.get("radius_error", float("nan")))
+        self.radius_measured_with = str(state.get("radius_measured_with", "unknown"))
         self.seed = state["seed"]
+        self.seeded_reservoir = bool(state.get("seeded_reservoir", True))
 
     # ------------------------------------------------------------------ computation
-    def operands(self, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor, LayerSpec]:
-        """``(recurrent, gate_weight, gate_bias, spec)`` as :mod:`esgp_sparse.ops` takes them."""
+    def operands(
+        self, compiled: bool = False, dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, LayerSpec]:
+        """``(recurrent, gate_weight, gate_bias, spec)`` as :mod:`esgp_sparse.ops` takes them, the
+        floating ones cast (differentiably) to ``dtype`` if given."""
+        recurrent, gate_weight, gate_bias, spec = self._operands(compiled)
+        if dtype is None:
+            return recurrent, gate_weight, gate_bias, spec
+        return recurrent.to(dtype), gate_weight.to(dtype), gate_bias.to(dtype), spec
+
+    def _operands(self, compiled: bool) -> tuple[Tensor, Tensor, Tensor, LayerSpec]:
         recurrent_csr: CSR | None
         if self.path == "sparse":
             recurrent, recurrent_csr = self.values, self.pattern_csr()
@@ -265,11 +298,13 @@ class ESGPCell(PatternModule):
             if self.path == "sparse":
                 return (
                     recurrent,
-                    gate.values,
+                    gate.weight_values,
                     gate.bias,
                     LayerSpec(recurrent_csr, "sparse", gate.pattern_csr(), compiled),
                 )
-            weight = csr_to_dense(gate.crow_indices, gate.col_indices, gate.values, self.hidden_size, gate.row_indices)
+            weight = csr_to_dense(
+                gate.crow_indices, gate.col_indices, gate.weight_values, self.hidden_size, gate.row_indices
+            )
             return recurrent, weight, gate.bias, LayerSpec(recurrent_csr, "dense", None, compiled)
         kind: GateKind = "dense" if isinstance(gate, nn.Linear) else "diagonal"
         return recurrent, gate.weight, gate.bias, LayerSpec(recurrent_csr, kind, None, compiled)
@@ -277,6 +312,8 @@ class ESGPCell(PatternModule):
     def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
         """One step: ``h' = g * h~ + (1 - g) * h``. See the class docstring for shapes."""
         weight = self.Win.weight
+        if self.path == "sparse" or isinstance(self.gate, SparseGate):
+            _checks.check_not_vmapped(_OWNER, "the CSR products are custom ops without a batching rule")
         _checks.check_tensor(_OWNER, "input", x, (1, 2), weight)
         if x.size(-1) != self.input_size:
             raise ValueError(f"{_OWNER}: expected input.size(-1) == input_size={self.input_size}, got {x.size(-1)}")
@@ -288,23 +325,31 @@ class ESGPCell(PatternModule):
             _checks.check_tensor(_OWNER, "h", h, (x.dim(),), weight)
             if tuple(h.shape) != expected:
                 raise ValueError(f"{_OWNER}: expected h of shape {expected}, got {tuple(h.shape)}")
-        recurrent, gate_weight, gate_bias, spec = self.operands()
-        if batched:
-            return esgp_cell(x, h, weight, recurrent, gate_weight, gate_bias, spec)
-        return esgp_cell(x[None], h[None], weight, recurrent, gate_weight, gate_bias, spec)[0]
+        x, h = (x, h) if batched else (x[None], h[None])
+        low = autocast_dtype(x.device.type, weight.dtype)
+        if low is None:
+            new = esgp_cell(x, h, weight, *self.operands())
+        else:  # the whole step in the autocast dtype, the result in the module's (as nn.GRUCell)
+            with torch.autocast(x.device.type, enabled=False):
+                new = esgp_cell(x.to(low), h.to(low), weight.to(low), *self.operands(dtype=low)).to(weight.dtype)
+        return new if batched else new[0]
 
     def layer(
         self, x: Tensor, h0: Tensor, batch_first: bool, compiled: bool = False, checkpoint: bool = False
     ) -> Tensor:
         """This cell over a whole sequence (no checks; :class:`ESGP` checks its inputs).
 
-        See :func:`esgp_sparse.ops.esgp_layer` for ``checkpoint``.
+        See :func:`esgp_sparse.ops.esgp_layer` for ``checkpoint``. The layer runs in ``x``'s dtype
+        (the weights are cast to it where the module's differs, as under autocast).
 
         Shape:
             x: (B, T, I) if batch_first else (T, B, I); h0: (B, H); returns the states like ``x``.
         """
-        recurrent, gate_weight, gate_bias, spec = self.operands(compiled)
-        return esgp_layer(x, h0, self.Win.weight, recurrent, gate_weight, gate_bias, spec, batch_first, checkpoint)
+        weight = self.Win.weight
+        dtype = None if x.dtype == weight.dtype else x.dtype
+        recurrent, gate_weight, gate_bias, spec = self.operands(compiled, dtype)
+        weight = weight if dtype is None else weight.to(dtype)
+        return esgp_layer(x, h0, weight, recurrent, gate_weight, gate_bias, spec, batch_first, checkpoint)
 
     def recurrent_weight(self) -> Tensor:
         """The H x H reservoir actually used, as a torch sparse CSR tensor (a view of the buffers)."""
@@ -315,6 +360,17 @@ class ESGPCell(PatternModule):
             (self.hidden_size, self.hidden_size),
             check_invariants=False,  # valid by construction
         )
+
+    def radius_summary(self) -> str:
+        """``rho=0.9 (arpack, error 3.1e-08)``: the measured radius, how, and its error estimate."""
+        return f"rho={self.radius:.6g} ({self.radius_measured_with}, error {self.radius_error:.2g})"
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        # Read by DistributedDataParallel: the reservoir and everything derived from it are fixed and
+        # identical on every rank by construction, so they are never broadcast (see
+        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module).
+        return [name for name, _ in self.named_buffers()]
 
     def reset_parameters(self) -> None:
         """Re-initialise the learned parameters (``Win`` and the gate); the reservoir stays."""
@@ -331,8 +387,17 @@ class ESGPCell(PatternModule):
             parts.append(f"gate={self.gate_type!r}")
         if self.path_request != "auto":
             parts.append(f"path={self.path_request!r}")
-        parts.append(f"path_used={self.path!r}, nnz={self.nnz}, rho={self.radius:.4g}")
+        parts.append(f"path_used={self.path!r}, nnz={self.nnz}, {self.radius_summary()}")
         return ", ".join(parts)
+
+
+def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a float32 module computes in under an enabled ``torch.autocast`` on ``device_type``
+    (None when autocast is off or leaves it alone: autocast never lowers float64)."""
+    if dtype != torch.float32 or not torch.is_autocast_enabled(device_type):
+        return None
+    low = torch.get_autocast_dtype(device_type)
+    return None if low == dtype else low
 
 
 def _use_path_after_load(module: nn.Module, incompatible_keys: Any) -> None:

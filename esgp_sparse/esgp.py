@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _checks
-from .cell import ESGPCell, GateType, PathRequest
+from .cell import ESGPCell, GateType, PathRequest, autocast_dtype
 from .init import RADIUS_METHODS, RadiusMethod, check_connections, derive_seed
 from .ops import GATES, PATHS
 
@@ -45,14 +45,20 @@ class ESGP(nn.Module):
         dropout: probability of dropout on the outputs of every layer but the last, in [0, 1].
         seed: seed of the whole stack (layer ``l`` draws from a sub-stream of it); ``None`` draws one
             from torch's global generator.
-        compile: run each layer's per-step kernels through ``torch.compile`` (compiled once per shape,
-            never unrolled over time).
+        compile: run each layer's per-step kernels through ``torch.compile`` (never unrolled over
+            time; one compiled step per dtype, device type, layout and gate, with dynamic shapes,
+            shared by every model in the process).
         checkpoint: keep only the states for the backward (4 bytes per unit and step in float32, the
             output itself) instead of states, candidates and gates (12 bytes), and recompute the
             candidates and gates chunk by chunk in the backward: about one more forward pass, for
             the largest runs.
         radius_method: see :class:`ESGPCell`.
         device, dtype: as in ``torch.nn``.
+
+    Under ``torch.autocast`` a float32 model runs every layer in the autocast dtype (the state
+    included) and returns float32, as ``nn.GRU`` does on CPU. NaN/inf in the input are checked on
+    CPU tensors in eager mode only (elsewhere the check would synchronise the device or break a
+    trace).
 
     Shape:
         input:  (B, T, I) if batch_first else (T, B, I); (T, I) unbatched
@@ -196,6 +202,7 @@ class ESGP(nn.Module):
 
     def forward(self, input: Tensor, h_0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Run the stack over ``input``; returns ``(output, h_n)``. See the class docstring for shapes."""
+        _checks.check_not_vmapped(_OWNER, "each layer is one autograd node with a hand-written backward")
         cells = self._cells()
         like = cells[0].Win.weight
         _checks.check_tensor(_OWNER, "input", input, (2, 3), like)
@@ -217,16 +224,32 @@ class ESGP(nn.Module):
                 raise ValueError(f"{_OWNER}: expected h_0 of shape {h_shape}, got {tuple(h_0.shape)}")
             if not batched:
                 h_0 = h_0.unsqueeze(1)
+        low = autocast_dtype(x.device.type, like.dtype)
+        if low is None:
+            x, h_n = self._layers(x, h_0, cells)
+        else:  # every layer in the autocast dtype, the results in the module's (as nn.GRU on CPU)
+            with torch.autocast(x.device.type, enabled=False):
+                x, h_n = self._layers(x.to(low), h_0.to(low), cells)
+            x, h_n = x.to(like.dtype), h_n.to(like.dtype)
+        if not batched:
+            return x.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        return x, h_n
+
+    def _layers(self, x: Tensor, h_0: Tensor, cells: list[ESGPCell]) -> tuple[Tensor, Tensor]:
         last = []
         for layer, cell in enumerate(cells):
             if layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
             x = cell.layer(x, h_0[layer], self.batch_first, self.compile_steps, self.checkpoint)
             last.append(x[:, -1] if self.batch_first else x[-1])
-        h_n = torch.stack(last)
-        if not batched:
-            return x.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
-        return x, h_n
+        return x, torch.stack(last)
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        # Read by DistributedDataParallel: the reservoir and everything derived from it are fixed and
+        # identical on every rank by construction, so they are never broadcast (see
+        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module).
+        return [name for name, _ in self.named_buffers()]
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer's learned parameters; the reservoirs stay."""

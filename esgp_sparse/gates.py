@@ -46,7 +46,8 @@ class SparseGate(PatternModule):
     """``g = sigmoid(W_g h~ + bias)`` with ``W_g`` learned on a fixed random CSR pattern.
 
     Attributes:
-        values: (nnz,) learned, U(-1/sqrt(k), 1/sqrt(k)) with k the mean entries per row (the fan-in,
+        weight_values: (nnz,) learned (``values`` in 0.1.0, whose state_dicts still load),
+            U(-1/sqrt(k), 1/sqrt(k)) with k the mean entries per row (the fan-in,
             as nn.Linear scales its initialisation).
         bias: (H,) learned, same bound.
         crow_indices: (H + 1,) int32/int64 buffer; col_indices: (nnz,) buffer (the fixed pattern).
@@ -64,27 +65,30 @@ class SparseGate(PatternModule):
         super().__init__()
         self.hidden_size = hidden_size
         self.register_pattern(crow, col, device)
-        self.values = nn.Parameter(torch.empty(col.shape[0], device=device, dtype=dtype))
+        self.weight_values = nn.Parameter(torch.empty(col.shape[0], device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(max(1.0, self.nnz / self.hidden_size))
-        nn.init.uniform_(self.values, -bound, bound)
+        nn.init.uniform_(self.weight_values, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
     def weight(self) -> Tensor:
-        """The gate matrix (H x H) as a torch sparse CSR tensor (shares ``values``)."""
+        """The gate matrix (H x H) as a torch sparse CSR tensor (shares ``weight_values``)."""
         return torch.sparse_csr_tensor(
             self.crow_indices,
             self.col_indices,
-            self.values,
+            self.weight_values,
             (self.hidden_size, self.hidden_size),
             check_invariants=False,  # valid by construction
         )
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        self.resize_to_state(state_dict, prefix, ("crow_indices", "col_indices", "values"))
+        old = prefix + "values"  # the name in 0.1.0, which shadowed nothing here but clashed in parametrize
+        if old in state_dict and prefix + "weight_values" not in state_dict:
+            state_dict[prefix + "weight_values"] = state_dict.pop(old)
+        self.resize_to_state(state_dict, prefix, ("crow_indices", "col_indices", "weight_values"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

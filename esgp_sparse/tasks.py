@@ -38,6 +38,7 @@ from . import ESGP, __version__, datasets
 from .gates import DiagonalGate
 
 Data = tuple[Tensor, Tensor, Tensor, Tensor]
+SYNTHETIC = "synthetic digits"
 _REDRAW = 0.5 if sys.stderr.isatty() else 30.0  # seconds between progress-bar redraws
 
 
@@ -257,18 +258,41 @@ def environment() -> dict:
     )
 
 
+def comparable(results: dict) -> bool:
+    """Whether the original's published numbers apply: not to a run on synthetic digits."""
+    return bool(results.get("data") != SYNTHETIC)
+
+
+def task_label(results: dict) -> str:
+    return results["task"] + ("" if comparable(results) else " (synthetic digits)")
+
+
+def baseline_score(task: Task, y_train: Tensor, y_test: Tensor) -> float:
+    """The trivial baseline's test score: the training targets' mean (MSE, MAE) or most frequent
+    class (accuracy), predicted for every scored value."""
+    if task.metric == "accuracy":
+        return 100.0 * float((y_test == torch.mode(y_train).values).float().mean())
+    scored = task.outputs(y_train)
+    train = y_train[:, -1] if scored == 0 else y_train[:, -scored:]
+    test = y_test[:, -1] if scored == 0 else y_test[:, -scored:]
+    error = test - train.mean()
+    return float(error.abs().mean() if task.metric == "MAE" else error.square().mean())
+
+
 def markdown(results: dict) -> str:
     task = TASKS[results["task"]]
     better = "higher" if task.metric == "accuracy" else "lower"
+    baseline = results.get("baseline")
     lines = [
-        f"{task.summary}; {results['epochs']} epochs, H={results['hidden']}, seed {results['seed']} "
-        f"({better} is better)",
+        f"{task_label(results)}: {task.summary}; {results['epochs']} epochs, H={results['hidden']}, "
+        f"seed {results['seed']} ({better} is better)"
+        + ("" if baseline is None else f"; the trivial baseline scores {baseline:.4g}"),
         "",
         f"| model | parameters | test {task.metric} | original's published {task.metric} | train time |",
         "|---|---|---|---|---|",
     ]
     for name, row in results["models"].items():
-        published = task.reference.get(name)
+        published = task.reference.get(name) if comparable(results) else None
         lines.append(
             f"| {name} | {row['parameters']:,} | {row['curve'][-1]:.4g} | "
             f"{'-' if published is None else published} | {row['seconds']:.0f} s |"
@@ -294,14 +318,14 @@ def summary(results: list[dict]) -> str:
                 cells.append("-")
                 continue
             text = f"{scores[m]:.4g}" if task.metric != "accuracy" else f"{scores[m]:.2f} %"
-            published = task.reference.get(m)
+            published = task.reference.get(m) if comparable(result) else None
             cells.append(
                 ("**" + text + "**" if scores[m] == best else text)
                 + (f" ({published})" if published is not None else "")
             )
         score = f"test {task.metric} ({'higher' if task.metric == 'accuracy' else 'lower'} is better)"
         budget = f"{result['epochs']} epochs, H={result['hidden']}, {result['train_shape'][0]:,} train"
-        lines.append(f"| {task.name} | {score} | " + " | ".join(cells) + f" | {budget} |")
+        lines.append(f"| {task_label(result)} | {score} | " + " | ".join(cells) + f" | {budget} |")
     return "\n".join(lines)
 
 
@@ -318,13 +342,22 @@ def plot(results: list[dict], path: str) -> None:
         task = TASKS[result["task"]]
         for name, row in result["models"].items():
             ax.plot(range(1, len(row["curve"]) + 1), row["curve"], marker=".", label=f"{name} ({row['parameters']:,})")
-        ax.set(title=result["task"], xlabel="epoch", ylabel=f"test {task.metric}")
+        ax.set(title=task_label(result), xlabel="epoch", ylabel=f"test {task.metric}")
         if task.metric != "accuracy":
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def subset(data: Data, train_size: int | None, seed: int) -> Data:
+    """A random ``train_size`` of the training sequences (all of them if None), the same for every
+    model of a run: it depends on ``seed`` alone."""
+    if train_size is None or train_size >= data[0].shape[0]:
+        return data
+    keep = torch.randperm(data[0].shape[0], generator=torch.Generator().manual_seed(seed))[:train_size]
+    return data[0][keep], data[1][keep], data[2], data[3]
 
 
 def run(
@@ -338,14 +371,13 @@ def run(
     train_size: int | None = None,
 ) -> dict:
     task = TASKS[task_name]
-    data = task.data(quick, seed, data_dir)
-    if train_size is not None and train_size < data[0].shape[0]:  # a random subset, the same for every model
-        keep = torch.randperm(data[0].shape[0], generator=torch.Generator().manual_seed(seed))[:train_size]
-        data = (data[0][keep], data[1][keep], data[2], data[3])
+    data = subset(task.data(quick, seed, data_dir), train_size, seed)
     print(
         f"{task.name}: {task.summary}; train {tuple(data[0].shape)}, test {tuple(data[2].shape)}; "
         f"H={hidden}, {epochs} epochs, seed {seed}"
     )
+    if task.name == "smnist" and (quick or data_dir is None):
+        print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
     results = dict(
         task=task.name,
         epochs=epochs,
@@ -354,7 +386,8 @@ def run(
         seed=seed,
         metric=task.metric,
         train_size=train_size,
-        data=("MNIST from " + str(data_dir)) if task.name == "smnist" and data_dir and not quick else "generated",
+        data=("MNIST" if data_dir and not quick else SYNTHETIC) if task.name == "smnist" else "generated",
+        baseline=baseline_score(task, data[1], data[3]),
         train_shape=list(data[0].shape),
         test_shape=list(data[2].shape),
         **environment(),

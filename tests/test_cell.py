@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from _testing import TOL, cuda
 
-from esgp_sparse import ESGPCell
+from esgp_sparse import ESGP, ESGPCell
 from esgp_sparse.gates import DiagonalGate, SparseGate
 from esgp_sparse.ops import csr_to_dense, naive_cell
 
@@ -16,7 +19,7 @@ PATHS = ["dense", "sparse"]
 def gate_matrix(cell: ESGPCell) -> torch.Tensor:
     gate = cell.gate
     if isinstance(gate, SparseGate):
-        return csr_to_dense(gate.crow_indices, gate.col_indices, gate.values, cell.hidden_size)
+        return csr_to_dense(gate.crow_indices, gate.col_indices, gate.weight_values, cell.hidden_size)
     if isinstance(gate, DiagonalGate):
         return torch.diag(gate.weight)
     return gate.weight
@@ -33,7 +36,7 @@ def test_dense_gate_parameters_are_exactly_the_originals():
     "gate, shapes",
     [
         ("diagonal", lambda c: {"Win.weight": (33, 7), "gate.weight": (33,), "gate.bias": (33,)}),
-        ("sparse", lambda c: {"Win.weight": (33, 7), "gate.values": (c.gate.nnz,), "gate.bias": (33,)}),
+        ("sparse", lambda c: {"Win.weight": (33, 7), "gate.weight_values": (c.gate.nnz,), "gate.bias": (33,)}),
     ],
 )
 def test_scalable_gate_parameters(gate, shapes):
@@ -78,15 +81,17 @@ def test_recurrent_weight_is_the_scaled_sparse_matrix():
     cell = ESGPCell(3, 120, sparsity=0.05, spectral_radius=0.7, seed=5, dtype=torch.float64)
     w = cell.recurrent_weight()
     assert w.layout == torch.sparse_csr and w.shape == (120, 120) and w._nnz() == cell.nnz
-    assert np.abs(np.linalg.eigvals(w.to_dense().numpy())).max() == pytest.approx(0.7, rel=1e-3)
-    assert cell.radius == pytest.approx(0.7)
+    actual = np.abs(np.linalg.eigvals(w.to_dense().numpy())).max()
+    assert actual == pytest.approx(0.7, rel=1e-3)
+    assert cell.radius == pytest.approx(actual, rel=1e-9) and cell.radius_measured_with == "dense"
     assert cell.crow_indices.dtype == torch.int32
 
 
 def test_extra_repr_shows_path_nnz_and_rho():
     cell = ESGPCell(3, 120, sparsity=0.05, gate="diagonal", seed=5)
     text = repr(cell)
-    assert f"nnz={cell.nnz}" in text and "rho=0.9" in text and f"path_used='{cell.path}'" in text
+    assert f"nnz={cell.nnz}" in text and f"path_used='{cell.path}'" in text
+    assert f"rho={cell.radius:.6g} (dense, error {cell.radius_error:.2g})" in text
     assert "gate='diagonal'" in text and "sparsity=0.05" in text and "spectral_radius" not in text
 
 
@@ -160,7 +165,7 @@ def test_reset_parameters_keeps_the_reservoir():
         before["gate.col_indices"], after["gate.col_indices"]
     )
     assert not torch.equal(before["Win.weight"], after["Win.weight"])
-    assert not torch.equal(before["gate.values"], after["gate.values"])
+    assert not torch.equal(before["gate.weight_values"], after["gate.weight_values"])
 
 
 def test_caller_tensors_are_not_mutated():
@@ -257,3 +262,33 @@ def test_cuda_move_rechooses_the_path_and_matches_cpu(gate):
     cell.cuda()
     assert cell.values.is_cuda and cell.path == "sparse"
     torch.testing.assert_close(cell(x.cuda(), h.cuda()).cpu(), y, rtol=1e-4, atol=1e-4)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_0_1_0_state_dict_still_loads():
+    """Made by esgp_sparse 0.1.0 (commit 8174e50), whose sparse gate called its values `values`."""
+    old = torch.load(FIXTURES / "esgp-0.1.0-sparse-gate.pt")
+    io = torch.load(FIXTURES / "esgp-0.1.0-sparse-gate-io.pt")
+    assert "cells.0.gate.values" in old and "cells.0.gate.weight_values" not in old
+    model = ESGP(3, 24, num_layers=2, sparsity=0.2, gate="sparse", seed=123)
+    model.load_state_dict(old)
+    torch.testing.assert_close(model(io["x"])[0], io["out"], rtol=0, atol=0)
+    cell = model.cells[0]
+    assert cell.radius == 0.9 and math.isnan(cell.radius_error) and cell.radius_measured_with == "unknown"
+    assert "cells.0.gate.weight_values" in model.state_dict()
+
+
+@pytest.mark.parametrize("gate", ["dense", "diagonal", "sparse"])
+def test_parametrizations_work_on_every_gate(gate):
+    torch.manual_seed(0)
+    cell = ESGPCell(3, 40, sparsity=0.2, gate=gate, seed=0)
+    x, h = torch.randn(2, 3), torch.randn(2, 40)
+    before = cell(x, h)
+    name = "weight_values" if gate == "sparse" else "weight"
+    torch.nn.utils.parametrizations.weight_norm(cell.gate, name)
+    torch.testing.assert_close(cell(x, h), before)  # weight norm starts at the same weights
+    cell(x, h).square().sum().backward()
+    original = cell.gate.parametrizations[name].original0
+    assert original.grad is not None and bool(original.grad.abs().sum() > 0)

@@ -80,7 +80,9 @@ def test_esgp_compile_compiles_the_step_once_whatever_the_length():
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, **TOL[torch.float32])
         graphs.append(counters["stats"]["unique_graphs"])
-    assert graphs[0] == 2  # the forward step and the backward step
+    # The forward step and the backward step; the backward once more for the first step of a chunk,
+    # whose views start at storage offset 0 (Dynamo specialises 0 and 1 even with dynamic shapes).
+    assert graphs[0] <= 3
     assert graphs[1] == graphs[0]  # a 4x longer sequence compiled nothing new
 
 
@@ -113,3 +115,29 @@ def test_esgp_compile_on_cuda():
     ref.square().sum().backward()
     for p, q in zip(model.parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_compile_true_never_gives_up():
+    """Three layers, nine more models, batch sizes, lengths and a second dtype in one process: no
+    recompile-limit failure (the step's compile cache was one per process, static, and failed at the
+    ninth shape), and a new batch size, length, nnz or model of the same size compiles nothing new."""
+    torch.manual_seed(0)
+    models = [ESGP(3, 40, num_layers=3, sparsity=0.15, path="sparse", seed=0, compile=True)]
+    models += [ESGP(3, 40, sparsity=0.15, path="sparse", seed=i, compile=True) for i in range(1, 10)]
+    assert len({model.cells[0].nnz for model in models}) > 5  # nnz differ from seed to seed
+    graphs = []
+    for batch, steps in ((2, 3), (3, 5), (7, 4), (5, 9)):
+        for model in models:
+            x = torch.randn(batch, steps, 3)
+            out, h_n = model(x)
+            (out.square().sum() + h_n.sum()).backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[0] <= 3  # nothing new after the first shape (see the test above)
+    # Hidden sizes are compiled one by one (up to Dynamo's recompile limit per dtype, device, layout
+    # and gate; beyond it Dynamo runs the step eagerly): ten of them still run, and right.
+    for hidden in range(30, 80, 5):
+        model = ESGP(3, hidden, sparsity=0.15, path="sparse", seed=hidden, compile=True, dtype=torch.float64)
+        eager = ESGP(3, hidden, sparsity=0.15, path="sparse", seed=hidden, dtype=torch.float64)
+        eager.load_state_dict(model.state_dict())
+        x = torch.randn(4, 6, 3, dtype=torch.float64)
+        torch.testing.assert_close(model(x)[0], eager(x)[0], **TOL[torch.float64])

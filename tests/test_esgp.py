@@ -261,3 +261,13 @@ def test_compile_flag_does_not_shadow_module_compile():
     model = ESGP(3, 16, sparsity=0.25, seed=0, compile=True)
     assert model.compile_steps is True and callable(model.compile)
     assert "compile=True" in model.extra_repr()
+
+
+def test_double_backward_says_what_to_do_instead():
+    model = ESGP(3, 16, sparsity=0.25, seed=0)
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x)[0].sum(), x, create_graph=False)
+    assert grad.shape == x.shape
+    (grad,) = torch.autograd.grad(model(x)[0].square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) is not supported.*ESGPCell"):
+        grad.square().sum().backward()  # a gradient penalty

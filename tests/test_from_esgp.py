@@ -40,6 +40,17 @@ def test_cell_takes_the_masked_matrix_as_is_and_reports_its_real_radius():
     assert ours.spectral_radius == 0.9 and ours.sparsity == 0.1
 
 
+@pytest.mark.parametrize("method", ["arpack", "power"])
+def test_from_esgp_measures_with_the_radius_method_asked_for(method):
+    torch.manual_seed(2)
+    original = esgp.ESGP(3, 80, num_layers=2, sparsity=0.1, spectral_radius=0.9)
+    ours = ESGP.from_esgp(original, radius_method=method)
+    for cell, source in zip(ours.cells, original.cells, strict=True):
+        used = (source.W * source.mask).double().numpy()
+        assert cell.radius_measured_with.startswith(method)
+        assert cell.radius == pytest.approx(np.abs(np.linalg.eigvals(used)).max(), rel=1e-4)
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_stack_matches_the_original(batch_first, path):

@@ -1,4 +1,4 @@
-"""The import layers of DESIGN.md: init uses numpy/scipy only, ops uses torch only, nothing upward."""
+"""The import layers (README, "Layout"): init uses numpy/scipy only, ops uses torch only, nothing upward."""
 
 from __future__ import annotations
 

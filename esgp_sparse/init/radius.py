@@ -1,10 +1,17 @@
-"""Spectral radius of a sparse matrix: ARPACK on the CSR matrix, dense eigenvalues when tiny."""
+"""Spectral radius of a sparse matrix, with the method used and an error estimate.
+
+Three methods: all eigenvalues of the dense matrix (small n), ARPACK on the CSR matrix (the
+reference), and, for large n, power iteration with a convergence diagnostic and a Rayleigh-Ritz
+refinement. Each reports how sure it is (:class:`RadiusEstimate`); none fails silently.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+import scipy.linalg as la
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as sla
@@ -14,33 +21,65 @@ RADIUS_METHODS: tuple[RadiusMethod, ...] = ("auto", "dense", "arpack", "power")
 
 #: Up to this size ``method="auto"`` takes all eigenvalues of the dense matrix (well under 0.1 s).
 DENSE_MAX_SIZE = 512
-#: Up to this size ``method="auto"`` runs ARPACK (about 1 s at 10-20 connections per unit); above
-#: it, the power iteration (ARPACK took 20-160 s at 1e5 units on a 2-core CPU, and did not finish
-#: in 10 minutes at 1e6).
+#: Up to this size ``method="auto"`` runs ARPACK; above it, the power iteration. ARPACK took
+#: 23-136 s at 1e5 units on a 2-core CPU (benchmarks/results/radius.json, tol=1e-8).
 ARPACK_MAX_SIZE = 20_000
 
 # ARPACK settings of the reference method. With scipy's defaults (k=1, ncv=20) ARPACK converged to
 # an eigenvalue 1-2 % below the largest on 7 of 18 random reservoirs (n = 1000-3000, 3-100
 # connections per row, scipy 1.17): their spectra crowd at the edge of a disc. Six Ritz values in a
-# 64-vector Krylov space found the largest on all 18 within 2e-7; tests/init/test_radius.py checks
-# this configuration against dense eigenvalues.
-ARPACK_K = 6
-ARPACK_NCV = 64
+# 64-vector Krylov space still missed the largest by 1.8e-3 at n=10,000 with 100 per row and by
+# 4.9e-4 at n=30,000 with 10 per row (tol=1e-10; the power iteration's Rayleigh-Ritz pair, residual
+# 7e-6 and 1e-6, was larger); 20 in a 200-vector space found it on both, agreeing with that pair to
+# 7e-8 (benchmarks/test_radius.py). tests/init/test_radius.py checks this configuration against
+# dense eigenvalues.
+ARPACK_K = 20
+ARPACK_NCV = 200
 ARPACK_TOL = 1e-6
 _START_SEED = 20251129
 
-# The power iteration: the radius is the geometric mean growth per step over the last POWER_WINDOW
-# of POWER_ITERATIONS steps. Against ARPACK at tol=1e-8 on 31 random reservoirs (1e4-1e5 units,
-# 3-20 connections per unit, two of them with an eigenvalue 9-11 % outside the bulk's circle) its
-# largest error was 0.47 % (an underestimate; benchmarks/test_radius.py measures it). A bulk estimate
-# from the circular law missed those two outliers by 9-11 %: it is not used.
-POWER_ITERATIONS = 500
-POWER_WINDOW = 200
+#: The relative accuracy the power iteration works to (see :func:`measure_radius`).
+POWER_TOL = 1e-3
+#: Power steps before the first Rayleigh-Ritz check (then at 4x, 16x, ... and at the end), and the most.
+POWER_FIRST_RITZ = 200
+POWER_MAX_ITERATIONS = 3200
+#: Size of the Krylov space of the Rayleigh-Ritz step, started from the power iterate. At 1e5 units
+#: (10 per unit) 30 vectors left the Ritz value 1 % low after 800 power steps; 100 converged it to
+#: a residual of 7e-5 after 2000 (a larger eigenvalue than ARPACK's, see benchmarks/test_radius.py).
+RITZ_SIZE = 100
 
 
-def _start_vector(n: int) -> np.ndarray:
+class RadiusEstimate(NamedTuple):
+    """A measured spectral radius and how far it can be trusted.
+
+    Attributes:
+        radius: the spectral radius (a float >= 0).
+        error: a relative error estimate. Where the method returns an eigenpair (``"dense"``,
+            ``"arpack"``, ``"power+ritz"``) it is the pair's relative residual
+            ``|A v - lambda v| / (|lambda| |v|)``: ``radius`` is then exactly the modulus of an
+            eigenvalue of a matrix within ``error * radius`` (2-norm) of ``A``. For ``"power"`` (no
+            converged pair, which also warns) it is at least ``power_tol``, and at least the change
+            of the growth rate between the last two quarters of the iteration.
+        method: ``"dense"``, ``"arpack"``, ``"power"``, ``"power+ritz"``, or ``"acyclic"`` (no cycle in
+            the graph: nilpotent, radius exactly 0).
+        products: matrix-vector products spent (0 for ``"dense"`` and ``"acyclic"``).
+        vector: the eigenvector of ``radius`` where the method has one, else None.
+    """
+
+    radius: float
+    error: float
+    method: str
+    products: int
+    vector: np.ndarray | None = None
+
+    def scaled(self, factor: float) -> RadiusEstimate:
+        """The estimate for ``factor * A`` (every method is linear in the matrix)."""
+        return self._replace(radius=self.radius * abs(factor))
+
+
+def _start_block(n: int, k: int) -> np.ndarray:
     # Deterministic, so that the same matrix always gives the same radius (and reservoir) bitwise.
-    return np.random.default_rng(_START_SEED).standard_normal(n)
+    return np.random.default_rng(_START_SEED).standard_normal((k, n))
 
 
 def has_cycle(matrix: sp.csr_array | sp.csr_matrix) -> bool:
@@ -54,10 +93,18 @@ def has_cycle(matrix: sp.csr_array | sp.csr_matrix) -> bool:
     if np.any(matrix.diagonal() != 0):
         return True
     n_components, _ = csgraph.connected_components(matrix, directed=True, connection="strong")
-    return n_components < n
+    return bool(n_components < n)
 
 
-def spectral_radius(
+def _residual(matrix: sp.csr_array | np.ndarray, value: complex, vector: np.ndarray) -> float:
+    """``|A v - value v| / (|value| |v|)``: the relative backward error of an eigenpair."""
+    scale = abs(value) * float(np.linalg.norm(vector))
+    if scale == 0.0:
+        return float("inf")
+    return float(np.linalg.norm(matrix @ vector - value * vector)) / scale
+
+
+def measure_radius(
     matrix: sp.csr_array | sp.csr_matrix,
     method: RadiusMethod = "auto",
     *,
@@ -65,60 +112,82 @@ def spectral_radius(
     k: int = ARPACK_K,
     ncv: int = ARPACK_NCV,
     maxiter: int | None = None,
-    iterations: int = POWER_ITERATIONS,
-    window: int = POWER_WINDOW,
-) -> float:
-    """The largest absolute eigenvalue of a square sparse matrix.
+    power_tol: float = POWER_TOL,
+    max_iterations: int = POWER_MAX_ITERATIONS,
+) -> RadiusEstimate:
+    """The largest absolute eigenvalue of a square sparse matrix, with its error estimate.
+
+    Methods:
+        ``"dense"``: every eigenvalue of the dense matrix (O(n^3); exact to rounding).
+        ``"arpack"``: ``scipy.sparse.linalg.eigs`` on the sparse matrix itself (``k`` eigenvalues of
+        largest magnitude in an ``ncv``-vector Krylov space, deterministic start vector): the
+        reference.
+        ``"power"``: power iteration (O(nnz) a step) to filter the spectrum towards its edge, and
+        after ``POWER_FIRST_RITZ`` steps, 4 times as many, 16 times, ... and at ``max_iterations``, a
+        Rayleigh-Ritz step: Arnoldi on a ``RITZ_SIZE``-vector Krylov space started from the
+        iterate, whose Ritz pair of largest modulus is taken (``"power+ritz"``) once its residual
+        is below ``power_tol / 10`` and it is at most ``5 power_tol`` below the growth rate. This
+        resolves what plain power iteration cannot: a complex pair (on which the growth rate
+        oscillates), an outlier, and a crowded edge (where the growth rate trails the largest
+        eigenvalue for thousands of steps). Without a converged pair by ``max_iterations``, the
+        growth rate over the last half of the steps is returned with ``error >= power_tol`` and a
+        ``RuntimeWarning`` that gives the figure: never a silent miss.
+        ``"auto"``: ``"dense"`` up to ``DENSE_MAX_SIZE`` units, ``"arpack"`` up to
+        ``ARPACK_MAX_SIZE``, then ``"power"``.
 
     Args:
         matrix: square scipy sparse matrix (CSR preferred).
-        method: ``"dense"`` takes every eigenvalue of the dense matrix (O(n^3), exact to rounding);
-            ``"arpack"`` runs ``scipy.sparse.linalg.eigs`` on the sparse matrix itself with a
-            deterministic start vector (the reference); ``"power"`` runs ``POWER_ITERATIONS``
-            products with the sparse matrix (O(nnz) each; within 0.5 % of ARPACK on random
-            reservoirs, see ``POWER_ITERATIONS``); ``"auto"`` is ``"dense"`` up to
-            ``DENSE_MAX_SIZE`` units, ``"arpack"`` up to ``ARPACK_MAX_SIZE``, then ``"power"``.
-        tol: ARPACK's relative accuracy of the Ritz values.
-        k: how many eigenvalues of largest magnitude ARPACK computes (the largest is returned);
-            more than one keeps it from settling on a neighbour of the largest.
-        ncv: ARPACK's Krylov subspace size (capped at ``n - 1``).
-        maxiter: ARPACK's restart limit (scipy's default when None).
-        iterations, window: the power iteration's steps, and how many of the last it averages.
+        method: see above.
+        tol, k, ncv, maxiter: ARPACK's relative accuracy, number of eigenvalues, Krylov space size
+            (capped at ``n - 1``) and restart limit (scipy's default when None).
+        power_tol: the relative accuracy the power iteration works to.
+        max_iterations: the power iteration's step limit.
 
     Returns:
-        The spectral radius as a Python float. A matrix whose graph has no cycle is nilpotent and
-        returns exactly 0.0 without an eigensolver.
+        A :class:`RadiusEstimate`. A matrix whose graph has no cycle is nilpotent: radius exactly 0.0,
+        without an eigensolver.
 
     Raises:
-        ValueError: for a non-square matrix or an unknown method.
+        ValueError: for a non-square matrix, an unknown method or a bad tolerance.
         RuntimeError: when ARPACK does not converge (the message says what to change).
     """
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"spectral_radius: expected a square matrix, got shape {matrix.shape}")
     if method not in RADIUS_METHODS:
         raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")
+    if not 0.0 < power_tol < 1.0:
+        raise ValueError(f"spectral_radius: expected power_tol in (0, 1), got power_tol={power_tol!r}")
+    if max_iterations < POWER_FIRST_RITZ:
+        raise ValueError(
+            f"spectral_radius: expected max_iterations >= {POWER_FIRST_RITZ}, got max_iterations={max_iterations}"
+        )
     matrix = sp.csr_array(matrix)
     n = matrix.shape[0]
     if not has_cycle(matrix):
-        return 0.0
+        return RadiusEstimate(0.0, 0.0, "acyclic", 0)
     if method == "auto":
         method = "dense" if n <= DENSE_MAX_SIZE else "arpack" if n <= ARPACK_MAX_SIZE else "power"
     if method == "dense" or n < 3:  # ARPACK needs k < n - 1
-        return float(np.abs(np.linalg.eigvals(matrix.toarray())).max())
+        dense = matrix.toarray()
+        values, vectors = la.eig(dense)
+        i = int(np.argmax(np.abs(values)))
+        return RadiusEstimate(
+            float(abs(values[i])), _residual(dense, values[i], vectors[:, i]), "dense", 0, vectors[:, i]
+        )
     if method == "power":
-        return _power_radius(matrix, iterations, window)
+        return _power_radius(matrix, power_tol, max_iterations)
     k = min(k, n - 2)
     ncv = min(max(ncv, 2 * k + 1), n - 1)
+    products = [0]
+
+    def product(x: np.ndarray) -> np.ndarray:
+        products[0] += 1
+        return np.asarray(matrix @ x)
+
+    operator = sla.LinearOperator(matrix.shape, matvec=product, dtype=matrix.dtype)
     try:
-        eigenvalues = sla.eigs(
-            matrix,
-            k=k,
-            which="LM",
-            v0=_start_vector(n),
-            tol=tol,
-            ncv=ncv,
-            maxiter=maxiter,
-            return_eigenvectors=False,
+        values, vectors = sla.eigs(
+            operator, k=k, which="LM", v0=_start_block(n, 1)[0], tol=tol, ncv=ncv, maxiter=maxiter
         )
     except sla.ArpackNoConvergence as error:
         raise RuntimeError(
@@ -126,23 +195,81 @@ def spectral_radius(
             f"{matrix.nnz} entries (tol={tol}, k={k}, ncv={ncv}, maxiter={maxiter}); "
             "raise maxiter or ncv, loosen tol, or use method='dense' if the matrix is small"
         ) from error
-    return float(np.abs(eigenvalues).max())
+    i = int(np.argmax(np.abs(values)))
+    residual = _residual(matrix, values[i], vectors[:, i])
+    return RadiusEstimate(float(abs(values[i])), residual, "arpack", products[0], vectors[:, i])
 
 
-def _power_radius(matrix: sp.csr_array, iterations: int, window: int) -> float:
-    """Geometric mean of ``|A x| / |x|`` over the last ``window`` of ``iterations`` power steps."""
-    if not 1 <= window <= iterations:
-        raise ValueError(
-            f"spectral_radius: expected 1 <= window <= iterations, got window={window}, iterations={iterations}"
-        )
-    x = _start_vector(matrix.shape[0])
+def spectral_radius(matrix: sp.csr_array | sp.csr_matrix, method: RadiusMethod = "auto", **options: Any) -> float:
+    """:func:`measure_radius`'s radius alone (a float); ``options`` pass on."""
+    return measure_radius(matrix, method, **options).radius
+
+
+def _ritz(matrix: sp.csr_array, start: np.ndarray, size: int) -> tuple[complex, np.ndarray, float]:
+    """The Ritz pair of largest modulus in the Krylov space of ``start`` (Arnoldi with DGKS
+    reorthogonalisation), and its relative residual."""
+    n = matrix.shape[0]
+    size = min(size, n - 1)
+    basis = np.zeros((size + 1, n))
+    hessenberg = np.zeros((size + 1, size))
+    basis[0] = start / np.linalg.norm(start)
+    for j in range(size):
+        w = matrix @ basis[j]
+        norm_before = float(np.linalg.norm(w))
+        h = basis[: j + 1] @ w  # classical Gram-Schmidt ...
+        w -= h @ basis[: j + 1]
+        hessenberg[: j + 1, j] = h
+        norm = float(np.linalg.norm(w))
+        if norm < 0.7 * norm_before:  # ... repeated where cancellation lost accuracy (DGKS)
+            h = basis[: j + 1] @ w
+            w -= h @ basis[: j + 1]
+            hessenberg[: j + 1, j] += h
+            norm = float(np.linalg.norm(w))
+        hessenberg[j + 1, j] = norm
+        if norm == 0.0:  # an invariant subspace: its Ritz values are eigenvalues
+            size = j + 1
+            break
+        basis[j + 1] = w / norm
+    values, vectors = la.eig(hessenberg[:size, :size])
+    i = int(np.argmax(np.abs(values)))
+    vector = basis[:size].T @ vectors[:, i]
+    return complex(values[i]), vector, _residual(matrix, values[i], vector)
+
+
+def _power_radius(matrix: sp.csr_array, power_tol: float, max_iterations: int) -> RadiusEstimate:
+    """See :func:`measure_radius`, ``"power"``."""
+    x = _start_block(matrix.shape[0], 1)[0]
     x /= np.linalg.norm(x)
-    log_growth = np.empty(iterations)
-    for i in range(iterations):
-        y = matrix @ x
-        norm = float(np.linalg.norm(y))
-        if norm == 0.0:  # the start vector was annihilated: A^i x = 0
-            return 0.0
-        log_growth[i] = np.log(norm)
-        x = y / norm
-    return float(np.exp(log_growth[-window:].mean()))
+    log_growth = np.empty(max_iterations)
+    next_ritz = POWER_FIRST_RITZ
+    products = 0
+    estimate, diagnostic = float("nan"), float("inf")
+    for step in range(max_iterations):
+        image = matrix @ x
+        norm = float(np.linalg.norm(image))
+        if norm == 0.0:  # A^i x = 0 for a random x: only a nilpotent matrix does that
+            return RadiusEstimate(0.0, 0.0, "power", products + step + 1)
+        log_growth[step] = np.log(norm)
+        x = image / norm
+        done = step + 1
+        if done != next_ritz and done != max_iterations:
+            continue
+        next_ritz *= 4
+        # The growth rate over the second half, and how far it moved from the quarter before.
+        estimate = float(np.exp(log_growth[done // 2 : done].mean()))
+        diagnostic = float(np.expm1(abs(np.log(estimate) - log_growth[done // 4 : done // 2].mean())))
+        value, vector, residual = _ritz(matrix, x, RITZ_SIZE)
+        products += RITZ_SIZE
+        # A converged eigenvalue no smaller than the growth rate allows (the growth rate swings by
+        # about 1 % around a non-normal complex pair, and trails a crowded edge): the dominant one.
+        if residual <= power_tol / 10 and abs(value) >= estimate * (1 - 5 * power_tol):
+            return RadiusEstimate(abs(value), residual, "power+ritz", products + done, vector)
+    warnings.warn(
+        f"spectral_radius: the power iteration found no converged dominant eigenvalue in {max_iterations} steps on a "
+        f"{matrix.shape[0]} x {matrix.shape[0]} matrix; its growth rate {estimate:.6g} (relative change "
+        f"{diagnostic:.2g} over the last quarter) is a lower estimate that can miss a crowded edge by more; "
+        "use method='arpack', or raise max_iterations",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return RadiusEstimate(estimate, max(diagnostic, power_tol), "power", products + max_iterations)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from .radius import RadiusMethod, has_cycle, spectral_radius
+from .radius import RadiusEstimate, RadiusMethod, _residual, has_cycle, measure_radius
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -21,7 +21,11 @@ class Reservoir(NamedTuple):
         col_indices: (nnz,) same dtype, sorted within each row.
         values: (nnz,) float64.
         size: n, the number of rows and columns.
-        radius: spectral radius of the matrix these values make.
+        radius: the spectral radius of the matrix these values make, measured on it.
+        radius_error: the measurement's relative error estimate (see
+            :class:`~esgp_sparse.init.RadiusEstimate`; NaN where unknown).
+        radius_method: the method that measured it: ``"dense"``, ``"arpack"``, ``"power"``,
+            ``"power+ritz"`` or ``"acyclic"``.
     """
 
     crow_indices: np.ndarray
@@ -29,6 +33,8 @@ class Reservoir(NamedTuple):
     values: np.ndarray
     size: int
     radius: float
+    radius_error: float = float("nan")
+    radius_method: str = "unknown"
 
     @property
     def nnz(self) -> int:
@@ -108,8 +114,9 @@ def random_reservoir(
     """A random sparse reservoir whose spectral radius (of the matrix actually stored) is given.
 
     Each of the ``size^2`` connections is present with probability ``sparsity``; present values are
-    standard normal, then scaled by ``radius / rho`` where ``rho`` is the radius measured
-    on this very sparse matrix (see :func:`spectral_radius`).
+    standard normal, then scaled by ``radius / rho`` where ``rho`` is the radius measured on this
+    very sparse matrix (see :func:`measure_radius`). The radius reported is then measured on the
+    stored, scaled matrix (:func:`measured_on`), with its error estimate and method.
 
     Args:
         size: number of units n.
@@ -128,7 +135,7 @@ def random_reservoir(
     crow, col = random_pattern(size, sparsity, rng)
     values = rng.standard_normal((col.shape[0],))
     if radius == 0.0:
-        return Reservoir(crow, col, np.zeros_like(values), size, 0.0)
+        return Reservoir(crow, col, np.zeros_like(values), size, 0.0, 0.0, "zero")
     matrix = sp.csr_array((values, col, crow), shape=(size, size))
     if not has_cycle(matrix):
         raise ValueError(
@@ -136,25 +143,46 @@ def random_reservoir(
             f"sparsity={sparsity}, nnz={col.shape[0]}) has no cycle, so its spectral radius is 0 and "
             "cannot be scaled; use a higher sparsity or another seed"
         )
-    rho = spectral_radius(matrix, radius_method)
-    values *= radius / rho
-    return Reservoir(crow, col, values, size, radius)
+    estimate = measure_radius(matrix, radius_method)
+    scale = radius / estimate.radius
+    values *= scale
+    stored = measured_on(sp.csr_array((values, col, crow), shape=(size, size)), estimate.scaled(scale))
+    return Reservoir(crow, col, values, size, stored.radius, stored.error, stored.method)
+
+
+def measured_on(matrix: sp.csr_array, estimate: RadiusEstimate) -> RadiusEstimate:
+    """``estimate`` (of another multiple of ``matrix``, already scaled) checked on ``matrix`` itself.
+
+    Where the estimate has an eigenvector ``v``, the radius is measured afresh on ``matrix``: the
+    Rayleigh quotient ``|v^H A v| / |v|^2`` with its residual, one product. Without one (the power
+    iteration's growth rate) the scaled estimate stands: that estimator is linear in the matrix,
+    so running it on ``matrix`` would return the same figure to rounding.
+    """
+    if estimate.vector is None:
+        return estimate
+    v = estimate.vector
+    value = complex(np.vdot(v, matrix @ v) / np.vdot(v, v))
+    return RadiusEstimate(abs(value), _residual(matrix, value, v), estimate.method, estimate.products + 2, v)
 
 
 def reservoir_from_matrix(
     matrix: np.ndarray | sp.sparray | sp.spmatrix, *, radius_method: RadiusMethod = "auto"
 ) -> Reservoir:
-    """Take a given square matrix as-is (its zeros dropped, no rescaling) and measure its radius."""
+    """Take a given square matrix as-is (its zeros dropped, no rescaling) and measure its radius
+    (:func:`measure_radius` with ``radius_method``)."""
     csr = sp.csr_array(matrix, dtype=np.float64)
     if csr.ndim != 2 or csr.shape[0] != csr.shape[1]:
         raise ValueError(f"reservoir_from_matrix: expected a square matrix, got shape {csr.shape}")
     csr.eliminate_zeros()
     csr.sort_indices()
     dtype = index_dtype(csr.shape[0], csr.nnz)
+    estimate = measure_radius(csr, radius_method)
     return Reservoir(
         csr.indptr.astype(dtype),
         csr.indices.astype(dtype),
         csr.data.copy(),
         csr.shape[0],
-        spectral_radius(csr, radius_method),
+        estimate.radius,
+        estimate.error,
+        estimate.method,
     )

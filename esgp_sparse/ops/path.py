@@ -21,24 +21,31 @@ class Crossover(NamedTuple):
     max_density: float
 
 
-#: Measured with benchmarks/test_recurrent_product.py (one step, B in {32, 128}, float32), read with
-#: benchmarks/report.py. CPU (2-core AMD EPYC, torch 2.13): the CSR op costs about 20 us of fixed
-#: overhead, so dense won at H <= 128 at B=32 at every density (at B=128 the two were within 15 %);
-#: from H=256 the CSR product won at d <= 0.1 (H=1024, B=32, d=0.01: 47 us against 384 us dense;
-#: H=4096: 0.30 ms against 8.2 ms) and lost or tied from d=0.2-0.3 on. CUDA has not been measured
+#: Measured with benchmarks/test_recurrent_product.py (one step's product, float32, median of the
+#: rounds of one run; benchmarks/results/recurrent_product.json, read with benchmarks/report.py) on a
+#: 2-core AMD EPYC, torch 2.13. The CSR op has about 20 us of fixed cost. At H <= 64 the dense GEMM
+#: won at both batches and every density. At H=128 the batch decides: dense won at B=32 (16.3 us
+#: against 20.1 at d=0.01), CSR at B=128 up to d=0.1 (23.6 against 34.3 us at d=0.01); the path is
+#: fixed at construction, before any batch is seen, so H=128 stays dense. From H=256 the CSR
+#: product won at both batches up to d=0.1 (H=1024, B=32, d=0.01: 46.5 against 383.5 us; H=4096:
+#: 0.30 against 8.2 ms). At d=0.2 it won at B=32 for H=512 and 1024 (86.8 against 105.4 us, 282
+#: against 382 us) and at B=128 for H=512, tied at H=256 and lost at H=1024, B=128 (1420 against
+#: 1333 us); from d=0.3 dense won at every size measured (H <= 1024). CUDA has not been measured
 #: yet (benchmarks/gpu.sh runs the same study there): until it is, CUDA uses the CPU's crossover.
 CROSSOVER: dict[str, Crossover] = {
     "cpu": Crossover(min_hidden=256, max_density=0.1),
 }
 
 
-def choose_path(hidden_size: int, nnz: int, device_type: str) -> Path:
+def choose_path(hidden_size: int, density: float, device_type: str) -> Path:
     """``"sparse"`` where the measured crossover of ``device_type`` says the CSR product wins.
 
-    Device types without a measured crossover (CUDA, for now) use the CPU's.
+    ``density`` is the fraction of connections present **as asked for** (``sparsity``), not as drawn:
+    two draws with the same arguments differ in nnz, and must not differ in path (a path also
+    decides which dtypes and kernels a model runs with). Device types without a measured crossover
+    (CUDA, for now) use the CPU's.
     """
     crossover = CROSSOVER.get(device_type, CROSSOVER["cpu"])
-    density = nnz / float(hidden_size) ** 2
     if hidden_size >= crossover.min_hidden and density <= crossover.max_density:
         return "sparse"
     return "dense"

@@ -18,7 +18,7 @@ Reference twin: :func:`esgp_sparse.ops.naive.naive_layer`.
 
 from __future__ import annotations
 
-import functools
+import types
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -153,14 +153,27 @@ def backward_step(
     return _matmul_add_(grad_kept, grad_a_out, ops.recurrent, spec.recurrent_csr, rows, True)
 
 
-@functools.cache
-def _compiled(step: Callable) -> Callable:
-    return torch.compile(step, fullgraph=True, dynamic=False)
+#: One compiled function per (step, dtype, device type, layout, gate, CSR or not). Dynamo keeps its
+#: compiled graphs, and counts recompiles against ``torch._dynamo.config.recompile_limit`` (8), per
+#: code object: a single compiled step shared by every model in a process failed at the ninth shape
+#: or dtype. Each key gets its own copy of the step's code object, compiled with dynamic shapes, so
+#: batch sizes, lengths, hidden sizes and nnz share one graph and the keys never share a budget.
+_COMPILED: dict[tuple[object, ...], Callable[..., Any]] = {}
 
 
-def _steps(spec: LayerSpec) -> tuple[Callable, Callable]:
+def _compiled(step: Callable[..., Any], key: tuple[object, ...]) -> Callable[..., Any]:
+    full_key = (step.__name__,) + key
+    compiled = _COMPILED.get(full_key)
+    if compiled is None:
+        copy = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__)
+        compiled = _COMPILED[full_key] = torch.compile(copy, dynamic=True)
+    return compiled
+
+
+def _steps(spec: LayerSpec, like: Tensor) -> tuple[Callable[..., Any], Callable[..., Any]]:
     if spec.compiled:
-        return _compiled(forward_step), _compiled(backward_step)
+        key = (like.dtype, like.device.type, spec.rows, spec.gate, spec.recurrent_csr is not None)
+        return _compiled(forward_step, key), _compiled(backward_step, key)
     return forward_step, backward_step
 
 
@@ -176,10 +189,20 @@ def chunk_size(steps: int, hidden_size: int, batch: int, element_size: int) -> i
     return max(1, min(steps, CHUNK_BYTES // max(1, hidden_size * batch * element_size)))
 
 
+_DOUBLE_BACKWARD = (
+    "esgp_layer: double backward (create_graph=True) is not supported: the sequence layer's backward "
+    "through time is hand-written and not itself differentiable; loop ESGPCell over time instead (its "
+    "steps are ordinary autograd on the dense path)"
+)
+
+
 class _ESGPLayer(torch.autograd.Function):
+    """Outputs: the states, then (with ``keep`` and without ``checkpoint``) every step's candidate
+    and gate block, which the backward needs and nobody differentiates. Forward and
+    ``setup_context`` apart, so that torch.func (``grad``, ``functional_call``) can run it."""
+
     @staticmethod
     def forward(
-        ctx: Any,
         x: Tensor,
         h0: Tensor,
         input_weight: Tensor,
@@ -190,13 +213,13 @@ class _ESGPLayer(torch.autograd.Function):
         batch_first: bool,
         keep: bool,
         checkpoint: bool,
-    ) -> Tensor:
+    ) -> tuple[Tensor, ...]:
         # x is (B, T, I) if batch_first else (T, B, I); `seq` views it time-major either way.
         seq = x.transpose(0, 1) if batch_first else x
         steps, batch, _ = seq.shape
         hidden = input_weight.shape[0]
         rows = spec.rows
-        forward, _ = _steps(spec)
+        forward, _ = _steps(spec, x)
         ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
         out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
         out_seq = out.transpose(0, 1) if batch_first else out
@@ -223,17 +246,38 @@ class _ESGPLayer(torch.autograd.Function):
                 forward(u, h, ops, spec, h_next, candidates[-1], gates[-1])
                 out_steps[t].copy_(h_next)
                 h = h_next
+        return (out, *candidates, *gates) if save_steps else (out,)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, keep, _ = inputs
+        out, *per_step = output
+        ctx.mark_non_differentiable(*per_step)
+        ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for each of those blocks
         ctx.spec, ctx.batch_first = spec, batch_first
         if keep:
             # Saved through autograd, so they are freed right after backward (not when `out` dies).
-            per_step = (*candidates, *gates) if save_steps else ()
             ctx.save_for_backward(x, h0, input_weight, recurrent, gate_weight, gate_bias, out, *per_step)
-        return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor | None, *_per_step: None) -> tuple[Tensor | None, ...]:
+        with torch.no_grad():
+            grads = _ESGPLayer._backward(ctx, grad_out)
+        transformed = torch._C._functorch.peek_interpreter_stack() is not None  # torch.func.grad & co.
+        if transformed or not (torch.is_grad_enabled() and grad_out is not None and grad_out.requires_grad):
+            return grads
+        # As torch.autograd.function.once_differentiable, with a message that says what to do: the
+        # gradients get a node that raises if anything differentiates through them.
+        present = [g for g in grads if g is not None]
+        error = torch._C._functions.DelayedError(_DOUBLE_BACKWARD.encode(), len(present))
+        raised = iter(error(*[g.detach().requires_grad_(True) for g in present]))
+        return tuple(None if g is None else next(raised) for g in grads)
+
+    @staticmethod
+    def _backward(ctx: Any, grad_out: Tensor | None) -> tuple[Tensor | None, ...]:
         x, h0, input_weight, recurrent, gate_weight, gate_bias, out, *per_step = ctx.saved_tensors
+        if grad_out is None:  # only the (non-differentiable) per-step blocks reached a loss
+            return (None,) * 10
         spec: LayerSpec = ctx.spec
         rows = spec.rows
         candidates, gates = per_step[: len(per_step) // 2], per_step[len(per_step) // 2 :]
@@ -242,7 +286,7 @@ class _ESGPLayer(torch.autograd.Function):
         else:
             seq, out_seq, grad_seq = x, out, grad_out
         steps, batch, hidden = out_seq.shape
-        forward, backward = _steps(spec)
+        forward, backward = _steps(spec, out)
         ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=True)
         forward_ops = None if per_step else _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
         step_view = (lambda a: a) if rows else (lambda a: a.transpose(-1, -2))  # (.., B, H) -> step layout
@@ -339,7 +383,8 @@ def esgp_layer(
     """Run one ESGP layer over a sequence. Equals :func:`esgp_sparse.ops.naive.naive_layer`.
 
     Differentiable in ``x``, ``h0``, ``input_weight``, ``gate_weight`` and ``gate_bias``; the
-    reservoir ``recurrent`` is fixed and must not require grad. Double backward is not supported.
+    reservoir ``recurrent`` is fixed and must not require grad. Double backward
+    (``create_graph=True``) raises ``NotImplementedError``, naming the alternative.
 
     Memory for the backward, per unit and step (float32): the output (4 bytes, returned anyway) plus
     the candidates and gates (8 bytes). With ``checkpoint=True`` only the output is kept and the
@@ -354,4 +399,7 @@ def esgp_layer(
     if recurrent.requires_grad:
         raise ValueError("esgp_layer: expected a fixed reservoir, got recurrent.requires_grad=True")
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias))
-    return _ESGPLayer.apply(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, keep, checkpoint)
+    outputs = _ESGPLayer.apply(
+        x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, keep, checkpoint
+    )
+    return outputs[0]

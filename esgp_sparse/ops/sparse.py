@@ -86,12 +86,26 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, n_cols: int) -> Tensor:
     return torch.sparse_csr_tensor(crow, col, values, (crow.numel() - 1, n_cols), check_invariants=False)
 
 
+#: torch 2.13's CSR kernels (CPU: ``addmm_out_sparse_csr_impl_mkl``, ``sampled_addmm``) have no
+#: bfloat16 or float16. For those dtypes the sparse products run in float32, as dense bf16/fp16
+#: GEMMs accumulate in float32, and return the caller's dtype: one rounding per product.
+_ACCUMULATE = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return _ACCUMULATE.get(dtype, dtype)
+
+
 @torch.library.custom_op("esgp_sparse::csr_matmul", mutates_args=())
 def csr_matmul(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> Tensor:
     """``W @ x`` for the CSR matrix ``W`` (n_rows x n_cols) and a dense ``x`` (n_cols, N).
 
-    No autograd of its own: :func:`sparse_linear` is the differentiable product.
+    No autograd of its own: :func:`sparse_linear` is the differentiable product. In bfloat16 and
+    float16 the product is computed in float32 and rounded once to ``x.dtype``.
     """
+    compute = _accumulation_dtype(x.dtype)
+    if compute != x.dtype:
+        return (_csr(crow, col, values.to(compute), x.shape[0]) @ x.to(compute)).to(x.dtype)
     return _csr(crow, col, values, x.shape[0]) @ x
 
 
@@ -107,8 +121,9 @@ def csr_sampled_matmul(crow: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tenso
     This is the gradient of ``W @ x`` with respect to W's values: ``a = grad (n_rows, N)``,
     ``b = x.T (N, n_cols)``; ``torch.sparse.sampled_addmm`` computes only the nnz dot products.
     """
-    pattern = _csr(crow, col, a.new_zeros(col.shape[0]), b.shape[1])
-    return torch.sparse.sampled_addmm(pattern, a, b, beta=0.0).values()
+    compute = _accumulation_dtype(a.dtype)
+    pattern = _csr(crow, col, a.new_zeros(col.shape[0], dtype=compute), b.shape[1])
+    return torch.sparse.sampled_addmm(pattern, a.to(compute), b.to(compute), beta=0.0).values().to(a.dtype)
 
 
 @csr_sampled_matmul.register_fake

@@ -3,14 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _testing import complex_pair_matrix, outlier_matrix, random_matrix, study_matrix
 
-from esgp_sparse.init import has_cycle, make_rng, random_pattern, spectral_radius
-
-
-def random_matrix(hidden, per_row, seed):
-    crow, col = random_pattern(hidden, per_row / hidden, make_rng(seed))
-    values = make_rng(seed, 9).standard_normal(col.size)
-    return sp.csr_array((values, col, crow), shape=(hidden, hidden))
+from esgp_sparse.init import has_cycle, measure_radius, spectral_radius
 
 
 @pytest.mark.parametrize("hidden, per_row", [(600, 3), (800, 10), (1000, 100), (2000, 5)], ids=lambda v: str(v))
@@ -53,32 +48,71 @@ def test_bad_arguments():
         spectral_radius(sp.csr_array(np.ones((2, 2))), "lanczos")
 
 
-def study_matrix(n, per_row, seed):
-    """The matrices of the validation study in benchmarks/test_radius.py."""
-    crow, col = random_pattern(n, per_row / n, make_rng(seed))
-    return sp.csr_array((make_rng(seed, 5).standard_normal(col.size), col, crow), shape=(n, n))
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: random_matrix(1500, 1.5, 0),
+        lambda: random_matrix(1500, 10, 1),
+        lambda: random_matrix(1500, 100, 2),
+        lambda: complex_pair_matrix(1500, 0.01, 10),
+        lambda: complex_pair_matrix(1500, 0.05, 100),
+        lambda: outlier_matrix(1500, 10, 0.15),
+    ],
+    ids=["random-1.5", "random-10", "random-100", "pair-0.01-c10", "pair-0.05-c100", "outlier"],
+)
+def test_power_finds_the_dominant_eigenvalue(make):
+    matrix = make()
+    expected = np.abs(np.linalg.eigvals(matrix.toarray())).max()
+    estimate = measure_radius(matrix, "power")
+    assert estimate.method == "power+ritz"
+    assert estimate.radius == pytest.approx(expected, rel=1e-4)
+    assert estimate.error <= 1e-4
+    # The reported pair really is one, to the stated residual.
+    v = estimate.vector
+    residual = np.linalg.norm(matrix @ v - (matrix @ v) @ v.conj() / (v @ v.conj()) * v) / np.linalg.norm(v)
+    assert residual <= 2 * estimate.error * estimate.radius
 
 
-@pytest.mark.parametrize("n, per_row, seed", [(10_000, 10, 0), (10_000, 3, 3)], ids=["bulk", "outlier"])
-def test_power_iteration_is_within_half_a_percent_of_arpack(n, per_row, seed):
-    # (10000, 3, 3) has an eigenvalue 9 % outside the bulk's circle: a bulk estimate misses it.
-    matrix = study_matrix(n, per_row, seed)
-    reference = spectral_radius(matrix, "arpack", tol=1e-8)
-    circle = np.sqrt((matrix.data**2).sum() / n)
-    if seed == 3:
-        assert circle < 0.92 * reference
-    assert spectral_radius(matrix, "power") == pytest.approx(reference, rel=5e-3)
+def test_power_matches_arpack_on_a_large_random_reservoir():
+    matrix = study_matrix(10_000, 10, 0)
+    reference = measure_radius(matrix, "arpack", tol=1e-10)
+    assert reference.method == "arpack" and reference.error < 1e-8
+    assert spectral_radius(matrix, "power") == pytest.approx(reference.radius, rel=1e-4)
+
+
+def test_power_without_a_converged_pair_warns_and_says_so(monkeypatch):
+    import esgp_sparse.init.radius as radius
+
+    monkeypatch.setattr(radius, "RITZ_SIZE", 2)  # too small a space to converge a pair
+    matrix = random_matrix(1000, 10, 0)
+    with pytest.warns(RuntimeWarning, match=r"no converged dominant eigenvalue in 200 steps on a 1000 x 1000"):
+        estimate = measure_radius(matrix, "power", max_iterations=200)
+    assert estimate.method == "power" and estimate.error >= 1e-3
+    assert estimate.radius == pytest.approx(np.abs(np.linalg.eigvals(matrix.toarray())).max(), rel=5e-2)
+
+
+def test_every_method_reports_its_residual():
+    matrix = random_matrix(600, 10, 0)
+    expected = np.abs(np.linalg.eigvals(matrix.toarray())).max()
+    for method in ("dense", "arpack", "power"):
+        estimate = measure_radius(matrix, method)
+        assert estimate.radius == pytest.approx(expected, rel=1e-6), method
+        assert estimate.method.startswith(method) and 0.0 <= estimate.error < 1e-4, method
+    assert measure_radius(matrix, "dense").products == 0 < measure_radius(matrix, "arpack").products
 
 
 def test_auto_switches_to_power_above_the_arpack_size(monkeypatch):
     import esgp_sparse.init.radius as radius
 
     matrix = random_matrix(600, 10, 0)
-    assert spectral_radius(matrix) == spectral_radius(matrix, "arpack")
+    assert measure_radius(matrix).method == "arpack"
     monkeypatch.setattr(radius, "ARPACK_MAX_SIZE", 599)
-    assert spectral_radius(matrix) == spectral_radius(matrix, "power")
+    assert measure_radius(matrix).method == "power+ritz"
 
 
-def test_power_window_is_checked():
-    with pytest.raises(ValueError, match=r"expected 1 <= window <= iterations, got window=20, iterations=10"):
-        spectral_radius(random_matrix(600, 10, 0), "power", iterations=10, window=20)
+def test_power_arguments_are_checked():
+    matrix = random_matrix(600, 10, 0)
+    with pytest.raises(ValueError, match=r"expected max_iterations >= 200, got max_iterations=10"):
+        measure_radius(matrix, "power", max_iterations=10)
+    with pytest.raises(ValueError, match=r"expected power_tol in \(0, 1\), got power_tol=0"):
+        measure_radius(matrix, "power", power_tol=0)

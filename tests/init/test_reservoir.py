@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 import scipy.stats
 
+import esgp_sparse.init.radius as radius
 from esgp_sparse.init import (
     check_connections,
     derive_seed,
@@ -40,8 +41,10 @@ def digest(r) -> str:
 )
 def test_radius_of_the_matrix_actually_used(hidden, density):
     r = random_reservoir(hidden, density, 0.9, seed=3)
-    assert abs(dense_radius(r.to_scipy()) / 0.9 - 1) <= 1e-3
-    assert r.radius == 0.9
+    actual = dense_radius(r.to_scipy())
+    assert abs(actual / 0.9 - 1) <= 1e-3  # the stored matrix has the requested radius
+    assert r.radius == pytest.approx(actual, rel=1e-9)  # and the one reported is measured on it
+    assert r.radius_method == ("dense" if hidden <= 512 else "arpack") and 0 <= r.radius_error < 1e-6
     # The float32 copy a default module holds is the same matrix to float32 rounding.
     as_f32 = sp.csr_array(
         (r.values.astype(np.float32).astype(np.float64), r.col_indices, r.crow_indices), shape=(hidden, hidden)
@@ -100,10 +103,11 @@ def test_construction_is_linear_in_nnz_not_quadratic_in_hidden():
     (crow, col), peak = traced_peak(lambda: random_pattern(hidden, density, make_rng(0)))
     assert 550_000 < col.size < 650_000
     assert peak < 64 * col.size, f"pattern peak {peak / 2**20:.0f} MiB for nnz={col.size}"
-    # ARPACK adds its Krylov basis: ncv (64) vectors of H float64, linear in H as well.
+    # ARPACK adds its Krylov basis (ncv vectors of H float64) and k complex eigenvectors: linear in H.
     hidden = 20_000
     r, peak = traced_peak(lambda: random_reservoir(hidden, 6 / hidden, 0.9, seed=0, radius_method="arpack"))
-    assert peak < 64 * r.nnz + 2 * 64 * 8 * hidden, f"reservoir peak {peak / 2**20:.0f} MiB for nnz={r.nnz}"
+    krylov = (2 * radius.ARPACK_NCV * 8 + 2 * radius.ARPACK_K * 16) * hidden
+    assert peak < 64 * r.nnz + krylov, f"reservoir peak {peak / 2**20:.0f} MiB for nnz={r.nnz}"
 
 
 def test_same_seed_is_bitwise_identical_different_seed_differs():
@@ -158,7 +162,7 @@ def test_acyclic_pattern_is_refused_not_redrawn():
 
 def test_zero_target_radius_gives_zero_matrix():
     r = random_reservoir(50, 0.2, 0.0, seed=0)
-    assert r.nnz > 0 and not r.values.any() and r.radius == 0.0
+    assert r.nnz > 0 and not r.values.any() and r.radius == 0.0 and r.radius_method == "zero"
 
 
 def test_reservoir_from_matrix_keeps_values_and_measures():
@@ -168,5 +172,18 @@ def test_reservoir_from_matrix_keeps_values_and_measures():
     assert np.array_equal(r.to_scipy().toarray(), dense)
     assert r.nnz == np.count_nonzero(dense)
     assert r.radius == pytest.approx(np.abs(np.linalg.eigvals(dense)).max(), rel=1e-9)
+    assert r.radius_method == "dense" and r.radius_error < 1e-9
+    assert reservoir_from_matrix(dense, radius_method="arpack").radius_method == "arpack"
     with pytest.raises(ValueError, match=r"expected a square matrix, got shape \(3, 4\)"):
         reservoir_from_matrix(np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("method", ["arpack", "power"])
+def test_radius_of_the_stored_matrix_at_the_fast_methods(method):
+    """The ARPACK and power-iteration ranges (above DENSE_MAX_SIZE and ARPACK_MAX_SIZE) asked for by
+    name at a size that dense eigenvalues can still check."""
+    r = random_reservoir(1200, 8 / 1200, 0.9, seed=4, radius_method=method)
+    actual = dense_radius(r.to_scipy())
+    assert abs(actual / 0.9 - 1) <= 1e-3
+    assert r.radius == pytest.approx(actual, rel=max(r.radius_error, 1e-9))
+    assert r.radius_method.startswith(method) and r.radius_error < 1e-4
