@@ -9,6 +9,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 
@@ -42,9 +43,9 @@ def _number(kind: Callable[[str], float], minimum: float, open_low: bool = False
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
             ) from None
-        if value < minimum or (open_low and value == minimum) or value != value:
+        if not math.isfinite(value) or value < minimum or (open_low and value == minimum):
             bound = f"> {minimum:g}" if open_low else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"expected a value {bound}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected a finite value {bound}, got {text}")
         return value
 
     return parse

@@ -130,8 +130,11 @@ def check_dense_fits(
         )
 
 
-def check_tensor(owner: str, name: str, value: object, dims: tuple[int, ...], like: Tensor) -> Tensor:
-    """A tensor with one of the allowed ``dims``, of ``like``'s dtype and device, with finite values.
+def check_tensor(
+    owner: str, name: str, value: object, dims: tuple[int, ...], like: Tensor, also: torch.dtype | None = None
+) -> Tensor:
+    """A tensor with one of the allowed ``dims``, of ``like``'s dtype (or ``also``: the autocast dtype,
+    where autocast is on) and device, with finite values.
 
     The finiteness check reads the data, so it runs only where that is free (:func:`finiteness_is_free`:
     CPU tensors, eager mode); elsewhere callers get the shape, dtype and device checks only.
@@ -141,7 +144,7 @@ def check_tensor(owner: str, name: str, value: object, dims: tuple[int, ...], li
     if value.dim() not in dims:
         wanted = " or ".join(f"{d}-D" for d in dims)
         raise ValueError(f"{owner}: expected {name} to be {wanted}, got shape {tuple(value.shape)}")
-    if value.dtype != like.dtype:
+    if value.dtype != like.dtype and value.dtype != also:
         raise ValueError(
             f"{owner}: expected {name}.dtype == {like.dtype} (the module's dtype), got {value.dtype}; "
             "convert the input or the module (e.g. module.double())"

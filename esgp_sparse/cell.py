@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -20,11 +21,22 @@ from .init import (
     random_reservoir,
     reservoir_from_matrix,
 )
-from .ops import CSR, GATES, PATHS, GateKind, LayerSpec, Path, choose_path, csr_to_dense, esgp_cell, esgp_layer
+from .ops import (
+    CSR,
+    GATES,
+    PATHS,
+    GateKind,
+    LayerSpec,
+    Path,
+    PathRequest,
+    choose_path,
+    csr_to_dense,
+    esgp_cell,
+    esgp_layer,
+)
 from .pattern import PatternModule
 
 GateType = Literal["dense", "diagonal", "sparse"]
-PathRequest = Literal["auto", "dense", "sparse"]
 
 _OWNER = "ESGPCell"
 _SCALABLE_GATES = "use gate='sparse' or gate='diagonal', which scale with nnz and H"
@@ -82,7 +94,9 @@ class ESGPCell(PatternModule):
         col_indices: (nnz,) same dtype, the reservoir's columns.
         values: (nnz,) floating buffer, the reservoir's values.
         path: the path in use, ``"dense"`` or ``"sparse"``.
-        radius: the spectral radius of the reservoir in use, measured on the stored matrix (a float).
+        radius: the spectral radius of the reservoir in use, measured on the stored matrix (its
+            float64 values, before the cast to the module's dtype: float32 rounds each entry by
+            about 6e-8 relative, bfloat16 by about 4e-3).
         radius_error: its relative error estimate (:class:`esgp_sparse.init.RadiusEstimate`; NaN
             for a state_dict saved by 0.1.0).
         radius_measured_with: the method that measured it (``"dense"``, ``"arpack"``, ``"power"``,
@@ -142,16 +156,11 @@ class ESGPCell(PatternModule):
         seed = _checks.check_seed(_OWNER, seed)
         self.seed = _checks.draw_seed() if seed is None else seed
         self.seeded_reservoir = reservoir is None
+        # On the meta device nothing is drawn or measured: to_empty() then reset_reservoir() does it.
+        self.drawn = device.type != "meta" or reservoir is not None
         if reservoir is None:
             check_connections(self.hidden_size, self.sparsity, _OWNER)
-            reservoir = random_reservoir(
-                self.hidden_size,
-                self.sparsity,
-                self.spectral_radius,
-                self.seed,
-                key=(0,),
-                radius_method=self.radius_method,
-            )
+            reservoir = self._draw_reservoir() if self.drawn else _undrawn(self.hidden_size)
         else:
             if not isinstance(reservoir, Reservoir):
                 raise TypeError(
@@ -161,9 +170,7 @@ class ESGPCell(PatternModule):
                 raise ValueError(
                     f"{_OWNER}: expected a reservoir of size hidden_size={self.hidden_size}, got size {reservoir.size}"
                 )
-        self.radius = float(reservoir.radius)
-        self.radius_error = float(reservoir.radius_error)
-        self.radius_measured_with = reservoir.radius_method
+        self._take_radius(reservoir)
         self.register_pattern(reservoir.crow_indices, reservoir.col_indices, device)
         self.register_buffer("values", torch.as_tensor(reservoir.values, device=device).to(dtype))
 
@@ -174,10 +181,60 @@ class ESGPCell(PatternModule):
         elif gate == "diagonal":
             self.gate = DiagonalGate(self.hidden_size, **factory)
         else:
-            crow, col = random_pattern(self.hidden_size, self.sparsity, make_rng(self.seed, 1))
+            undrawn = _undrawn(self.hidden_size)
+            crow, col = self._draw_gate_pattern() if self.drawn else (undrawn.crow_indices, undrawn.col_indices)
             self.gate = SparseGate(self.hidden_size, crow, col, **factory)
         self._use_path()
         self.register_load_state_dict_post_hook(_use_path_after_load)
+
+    def _draw_reservoir(self) -> Reservoir:
+        return random_reservoir(
+            self.hidden_size, self.sparsity, self.spectral_radius, self.seed, key=(0,), radius_method=self.radius_method
+        )
+
+    def _draw_gate_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        return random_pattern(self.hidden_size, self.sparsity, make_rng(self.seed, 1))
+
+    def reset_reservoir(self) -> None:
+        """Draw the reservoir (and the sparse gate's pattern) from :attr:`seed` on the module's device,
+        and measure its radius: exactly what building the module there with the same seed gives.
+
+        For deferred initialisation: build on ``device="meta"`` (nothing is drawn or measured, at any
+        size), then ``module.to_empty(device=...)``, ``module.reset_reservoir()`` and
+        ``module.reset_parameters()`` (``to_empty`` leaves the learned parameters uninitialised). The
+        sparse gate's values are created anew (and initialised) where the drawn pattern's nnz differs
+        from theirs: build optimizers after this call.
+
+        Raises:
+            ValueError: on the meta device (nothing to draw into), or for a reservoir given as-is.
+        """
+        device = self.values.device
+        if device.type == "meta":
+            raise ValueError(
+                f"{_OWNER}.reset_reservoir: the module is on the meta device; call to_empty(device=...) first"
+            )
+        if not self.seeded_reservoir:
+            raise ValueError(
+                f"{_OWNER}.reset_reservoir: the reservoir was given as-is (reservoir=...), not drawn from a seed"
+            )
+        reservoir = self._draw_reservoir()
+        self._take_radius(reservoir)
+        self.register_pattern(reservoir.crow_indices, reservoir.col_indices, device)
+        self.register_buffer("values", torch.as_tensor(reservoir.values, device=device).to(self.values.dtype))
+        if isinstance(self.gate, SparseGate):
+            crow, col = self._draw_gate_pattern()
+            self.gate.register_pattern(crow, col, device)
+            if self.gate.weight_values.numel() != col.shape[0]:
+                like = self.gate.weight_values
+                self.gate.weight_values = nn.Parameter(like.new_empty(col.shape[0]), like.requires_grad)
+                self.gate.reset_parameters()
+        self.drawn = True
+        self._use_path()
+
+    def _take_radius(self, reservoir: Reservoir) -> None:
+        self.radius = float(reservoir.radius)
+        self.radius_error = float(reservoir.radius_error)
+        self.radius_measured_with = reservoir.radius_method
 
     # ------------------------------------------------------------------ conversion from the original
     @classmethod
@@ -225,6 +282,18 @@ class ESGPCell(PatternModule):
         """
         device = self.values.device
         path: Path
+        if not self.drawn:  # deferred (meta device): the path is known, nothing to derive from yet
+            for name in ("crow_indices_t", "col_indices_t", "perm_t", "row_indices", "dense_weight"):
+                self.register_buffer(name, None, persistent=False)
+            if isinstance(self.gate, SparseGate):
+                for name in ("crow_indices_t", "col_indices_t", "perm_t", "row_indices"):
+                    self.gate.register_buffer(name, None, persistent=False)
+            self.path = (
+                choose_path(self.hidden_size, self.sparsity, device.type)
+                if self.path_request == "auto"
+                else self.path_request
+            )
+            return
         if self.path_request == "dense" or self.path_request == "sparse":
             path = self.path_request
         else:
@@ -268,9 +337,9 @@ class ESGPCell(PatternModule):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.radius = float(state["radius"])
-        # state_dicts of 0.1.0 carry no error estimate: unknown.
+        # 0.1.0 stored the radius asked for, unmeasured: say so.
         self.radius_error = float(state.get("radius_error", float("nan")))
-        self.radius_measured_with = str(state.get("radius_measured_with", "unknown"))
+        self.radius_measured_with = str(state.get("radius_measured_with", "requested (0.1.0 state_dict)"))
         self.seed = state["seed"]
         self.seeded_reservoir = bool(state.get("seeded_reservoir", True))
 
@@ -286,6 +355,11 @@ class ESGPCell(PatternModule):
         return recurrent.to(dtype), gate_weight.to(dtype), gate_bias.to(dtype), spec
 
     def _operands(self, compiled: bool) -> tuple[Tensor, Tensor, Tensor, LayerSpec]:
+        if not self.drawn:
+            raise ValueError(
+                f"{_OWNER}: the reservoir was not drawn yet (built on the meta device); "
+                "call to_empty(device=...) and reset_reservoir() first"
+            )
         recurrent_csr: CSR | None
         if self.path == "sparse":
             recurrent, recurrent_csr = self.values, self.pattern_csr()
@@ -314,7 +388,8 @@ class ESGPCell(PatternModule):
         weight = self.Win.weight
         if self.path == "sparse" or isinstance(self.gate, SparseGate):
             _checks.check_not_vmapped(_OWNER, "the CSR products are custom ops without a batching rule")
-        _checks.check_tensor(_OWNER, "input", x, (1, 2), weight)
+        low = autocast_dtype(x.device.type if isinstance(x, Tensor) else "cpu", weight.dtype)
+        _checks.check_tensor(_OWNER, "input", x, (1, 2), weight, low)
         if x.size(-1) != self.input_size:
             raise ValueError(f"{_OWNER}: expected input.size(-1) == input_size={self.input_size}, got {x.size(-1)}")
         batched = x.dim() == 2
@@ -322,11 +397,10 @@ class ESGPCell(PatternModule):
         if h is None:
             h = x.new_zeros(expected)
         else:
-            _checks.check_tensor(_OWNER, "h", h, (x.dim(),), weight)
+            _checks.check_tensor(_OWNER, "h", h, (x.dim(),), weight, low)
             if tuple(h.shape) != expected:
                 raise ValueError(f"{_OWNER}: expected h of shape {expected}, got {tuple(h.shape)}")
         x, h = (x, h) if batched else (x[None], h[None])
-        low = autocast_dtype(x.device.type, weight.dtype)
         if low is None:
             new = esgp_cell(x, h, weight, *self.operands())
         else:  # the whole step in the autocast dtype, the result in the module's (as nn.GRUCell)
@@ -369,8 +443,16 @@ class ESGPCell(PatternModule):
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
         # Read by DistributedDataParallel: the reservoir and everything derived from it are fixed and
         # identical on every rank by construction, so they are never broadcast (see
-        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module).
-        return [name for name, _ in self.named_buffers()]
+        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module, and for
+        # the check that the ranks' reservoirs agree).
+        return sorted({name for name, _ in self.named_buffers()} | self._ddp_also_ignored)
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names: list[str]) -> None:
+        # DistributedDataParallel._set_params_and_buffers_to_ignore_for_model assigns: keep ours too.
+        self._ddp_also_ignored = set(names)
+
+    _ddp_also_ignored: set[str] = set()
 
     def reset_parameters(self) -> None:
         """Re-initialise the learned parameters (``Win`` and the gate); the reservoir stays."""
@@ -391,10 +473,20 @@ class ESGPCell(PatternModule):
         return ", ".join(parts)
 
 
+def _undrawn(hidden_size: int) -> Reservoir:
+    """An empty pattern standing for a reservoir not drawn yet (deferred initialisation)."""
+    crow = np.zeros(hidden_size + 1, dtype=np.int32)
+    return Reservoir(
+        crow, np.zeros(0, dtype=np.int32), np.zeros(0), hidden_size, float("nan"), float("nan"), "deferred"
+    )
+
+
 def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype | None:
     """The dtype a float32 module computes in under an enabled ``torch.autocast`` on ``device_type``
     (None when autocast is off or leaves it alone: autocast never lowers float64)."""
-    if dtype != torch.float32 or not torch.is_autocast_enabled(device_type):
+    if dtype != torch.float32 or not torch.amp.is_autocast_available(device_type):
+        return None
+    if not torch.is_autocast_enabled(device_type):
         return None
     low = torch.get_autocast_dtype(device_type)
     return None if low == dtype else low
@@ -403,4 +495,5 @@ def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype | None:
 def _use_path_after_load(module: nn.Module, incompatible_keys: Any) -> None:
     # A module-level function rather than a lambda, so that a whole model still pickles.
     if isinstance(module, ESGPCell):
+        module.drawn = True  # the reservoir came with the state_dict
         module._use_path()

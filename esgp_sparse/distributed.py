@@ -10,12 +10,14 @@ holds them.
 
 from __future__ import annotations
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
 from .cell import ESGPCell
 from .esgp import ESGP
 
-__all__ = ["fixed_buffer_names", "ignore_fixed_buffers"]
+__all__ = ["check_same_reservoirs", "fixed_buffer_names", "ignore_fixed_buffers"]
 
 
 def fixed_buffer_names(model: nn.Module) -> list[str]:
@@ -30,12 +32,45 @@ def fixed_buffer_names(model: nn.Module) -> list[str]:
     )
 
 
+def check_same_reservoirs(model: nn.Module) -> None:
+    """Raise unless every rank of the default process group holds the same fixed buffers in
+    ``model`` (compared by a checksum of each, all-gathered; nothing to do outside a process group).
+
+    Once DDP ignores them it no longer broadcasts them at wrapping time either, so ranks that built
+    different reservoirs (``seed=None`` before ``init_process_group``, say) would otherwise train
+    different models silently.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    buffers = dict(model.named_buffers())
+    checksums = torch.tensor(
+        [
+            [buffers[name].numel(), float(buffers[name].double().sum()), float(buffers[name].double().square().sum())]
+            for name in fixed_buffer_names(model)
+        ],
+        dtype=torch.float64,
+    )
+    device = next((b.device for b in buffers.values()), torch.device("cpu"))
+    if dist.get_backend() == "nccl":
+        checksums = checksums.to(device)
+    gathered = [torch.empty_like(checksums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksums)
+    for rank, other in enumerate(gathered):
+        if not torch.equal(other, gathered[0]):
+            raise ValueError(
+                f"ignore_fixed_buffers: rank {rank} holds other fixed buffers (reservoirs) than rank 0; build "
+                "the model with the same seed on every rank, or with seed=None after init_process_group"
+            )
+
+
 def ignore_fixed_buffers(model: nn.Module) -> list[str]:
     """Tell ``DistributedDataParallel`` not to broadcast the fixed buffers of ``model``'s ESGP layers.
 
     Call it on the model you are about to wrap, after moving it to its device (a device move may
     change the path and so the derived buffers); learned parameters stay synchronised as usual, and
-    any other buffer of ``model`` (batch-norm statistics, say) is still broadcast. Returns the names.
+    any other buffer of ``model`` (batch-norm statistics, say) is still broadcast. Inside a process
+    group it first checks that every rank holds the same reservoirs (:func:`check_same_reservoirs`,
+    a collective). Returns the names.
 
     Example::
 
@@ -44,6 +79,7 @@ def ignore_fixed_buffers(model: nn.Module) -> list[str]:
         model = torch.nn.parallel.DistributedDataParallel(model)
     """
     names = fixed_buffer_names(model)
+    check_same_reservoirs(model)
     existing = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
     # An ESGP or ESGPCell at the top answers with a property of its own; elsewhere set the attribute.
     if not isinstance(model, ESGP | ESGPCell):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks
 from .cell import ESGPCell, GateType, PathRequest, autocast_dtype
@@ -39,9 +40,11 @@ class ESGP(nn.Module):
             the original package.
         spectral_radius: the spectral radius of each reservoir as actually used.
         batch_first: input and output are (B, T, F) if True (the default, as in the original), else
-            (T, B, F). ``h_0`` and ``h_n`` are (num_layers, B, H) either way.
+            (T, B, F). ``h_0`` and ``h_n`` are (D * num_layers, B, H) either way.
         gate: ``"dense"`` (published model), ``"sparse"`` or ``"diagonal"``; see :class:`ESGPCell`.
         path: ``"auto"``, ``"dense"`` or ``"sparse"``; see :class:`ESGPCell`.
+        bidirectional: a second stack of cells (each with its own reservoir and gate) reads the
+            sequence backwards, as in ``nn.GRU``; layers above the first read both directions (2H).
         dropout: probability of dropout on the outputs of every layer but the last, in [0, 1].
         seed: seed of the whole stack (layer ``l`` draws from a sub-stream of it); ``None`` draws one
             from torch's global generator.
@@ -62,12 +65,15 @@ class ESGP(nn.Module):
 
     Shape:
         input:  (B, T, I) if batch_first else (T, B, I); (T, I) unbatched
-        h_0:    (num_layers, B, H), or (num_layers, H) unbatched; zeros if None
-        output: (B, T, H) if batch_first else (T, B, H); (T, H) unbatched; the last layer's states
-        h_n:    (num_layers, B, H), or (num_layers, H) unbatched; every layer's last state
+        h_0:    (D * num_layers, B, H), or (D * num_layers, H) unbatched; zeros if None
+        output: (B, T, D * H) if batch_first else (T, B, D * H); (T, D * H) unbatched; the last
+                layer's states (forward direction first, as nn.GRU)
+        h_n:    (D * num_layers, B, H), or (D * num_layers, H) unbatched; every layer's and
+                direction's last state (the reverse direction's is that of the first step)
+        D is 2 if bidirectional else 1.
 
     Attributes:
-        cells: ``nn.ModuleList`` of the :class:`ESGPCell` of each layer.
+        cells: ``nn.ModuleList`` of the :class:`ESGPCell` of each layer (``cells[layer * D + direction]``).
 
     Example::
 
@@ -91,6 +97,7 @@ class ESGP(nn.Module):
         gate: GateType = "dense",
         path: PathRequest = "auto",
         dropout: float = 0.0,
+        bidirectional: bool = False,
         seed: int | None = None,
         compile: bool = False,
         checkpoint: bool = False,
@@ -114,22 +121,27 @@ class ESGP(nn.Module):
         )
         _checks.check_choice(_OWNER, "radius_method", radius_method, RADIUS_METHODS)
         check_connections(self.hidden_size, self.sparsity, _OWNER)
+        self.bidirectional = _checks.check_bool(_OWNER, "bidirectional", bidirectional)
         seed = _checks.check_seed(_OWNER, seed)
         self.seed = _checks.draw_seed() if seed is None else seed
+        directions = 2 if self.bidirectional else 1
+        # cells[layer * directions + direction], as nn.GRU orders h_n; the forward direction of a
+        # layer draws from the same sub-stream as a unidirectional stack's, the reverse from its own.
         self.cells = nn.ModuleList(
             ESGPCell(
-                self.input_size if layer == 0 else self.hidden_size,
+                self.input_size if layer == 0 else self.hidden_size * directions,
                 self.hidden_size,
                 self.sparsity,
                 self.spectral_radius,
                 gate=gate,
                 path=path,
-                seed=derive_seed(self.seed, layer),
+                seed=derive_seed(self.seed, layer) if direction == 0 else derive_seed(self.seed, layer, 1),
                 radius_method=radius_method,
                 device=device,
                 dtype=dtype,
             )
             for layer in range(self.num_layers)
+            for direction in range(directions)
         )
 
     def _configure(
@@ -197,15 +209,38 @@ class ESGP(nn.Module):
             checkpoint,
         )
         model.seed = None
+        model.bidirectional = False
         model.cells = nn.ModuleList(ESGPCell.from_esgp(cell, **kwargs) for cell in module.cells)
         return model
 
-    def forward(self, input: Tensor, h_0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Run the stack over ``input``; returns ``(output, h_n)``. See the class docstring for shapes."""
+    @overload
+    def forward(self, input: Tensor, h_0: Tensor | None = None, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, h_0: Tensor | None = None, hx: Tensor | None = None
+    ) -> tuple[PackedSequence, Tensor]: ...
+
+    def forward(
+        self, input: Tensor | PackedSequence, h_0: Tensor | None = None, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        """Run the stack over ``input``; returns ``(output, h_n)``. See the class docstring for shapes.
+
+        The initial state is ``h_0`` (the original's name) or ``hx`` (nn.GRU's), not both. A
+        ``PackedSequence`` gives a ``PackedSequence`` of the same batch sizes, and ``h_n`` holds every
+        sequence's state at its own last step, as nn.GRU's.
+        """
+        if hx is not None:
+            if h_0 is not None:
+                raise TypeError(f"{_OWNER}: got both h_0 and hx, which name the same initial state; pass one")
+            h_0 = hx
         _checks.check_not_vmapped(_OWNER, "each layer is one autograd node with a hand-written backward")
         cells = self._cells()
         like = cells[0].Win.weight
-        _checks.check_tensor(_OWNER, "input", input, (2, 3), like)
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, h_0, cells, like)
+        low = autocast_dtype(input.device.type if isinstance(input, Tensor) else "cpu", like.dtype)
+        _checks.check_tensor(_OWNER, "input", input, (2, 3), like, low)
         if input.size(-1) != self.input_size:
             raise ValueError(f"{_OWNER}: expected input.size(-1) == input_size={self.input_size}, got {input.size(-1)}")
         batched = input.dim() == 3
@@ -215,16 +250,16 @@ class ESGP(nn.Module):
             raise ValueError(
                 f"{_OWNER}: expected a non-empty sequence and batch, got input of shape {tuple(input.shape)}"
             )
-        h_shape = (self.num_layers, batch, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
+        states = self.num_layers * (2 if self.bidirectional else 1)
+        h_shape = (states, batch, self.hidden_size) if batched else (states, self.hidden_size)
         if h_0 is None:
-            h_0 = x.new_zeros((self.num_layers, batch, self.hidden_size))
+            h_0 = x.new_zeros((states, batch, self.hidden_size))
         else:
-            _checks.check_tensor(_OWNER, "h_0", h_0, (len(h_shape),), like)
+            _checks.check_tensor(_OWNER, "h_0", h_0, (len(h_shape),), like, low)
             if tuple(h_0.shape) != h_shape:
                 raise ValueError(f"{_OWNER}: expected h_0 of shape {h_shape}, got {tuple(h_0.shape)}")
             if not batched:
                 h_0 = h_0.unsqueeze(1)
-        low = autocast_dtype(x.device.type, like.dtype)
         if low is None:
             x, h_n = self._layers(x, h_0, cells)
         else:  # every layer in the autocast dtype, the results in the module's (as nn.GRU on CPU)
@@ -236,25 +271,117 @@ class ESGP(nn.Module):
         return x, h_n
 
     def _layers(self, x: Tensor, h_0: Tensor, cells: list[ESGPCell]) -> tuple[Tensor, Tensor]:
+        time = 1 if self.batch_first else 0
+        directions = 2 if self.bidirectional else 1
         last = []
-        for layer, cell in enumerate(cells):
+        for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            x = cell.layer(x, h_0[layer], self.batch_first, self.compile_steps, self.checkpoint)
-            last.append(x[:, -1] if self.batch_first else x[-1])
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                # The reverse direction reads the sequence backwards and writes its states back in
+                # time order; its last state is that of the first step.
+                source = x if direction == 0 else x.flip(time)
+                states = cells[index].layer(source, h_0[index], self.batch_first, self.compile_steps, self.checkpoint)
+                last.append(states.select(time, -1))
+                outputs.append(states if direction == 0 else states.flip(time))
+            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
         return x, torch.stack(last)
+
+    def _forward_packed(
+        self, packed: PackedSequence, h_0: Tensor | None, cells: list[ESGPCell], like: Tensor
+    ) -> tuple[PackedSequence, Tensor]:
+        """The stack over a PackedSequence, by masking: the batch runs padded through each layer
+        (time-major, in the caller's batch order), every sequence's state is read at its own last
+        step, the reverse direction reads every sequence backwards from its own last step, and only
+        the valid steps go back into the packed output. A step's state depends on earlier steps
+        only, so the padding never reaches a valid output and gets no gradient."""
+        data, batch_sizes = packed.data, packed.batch_sizes
+        low = autocast_dtype(data.device.type, like.dtype)
+        _checks.check_tensor(_OWNER, "input.data", data, (2,), like, low)
+        if data.size(-1) != self.input_size:
+            raise ValueError(
+                f"{_OWNER}: expected input.data.size(-1) == input_size={self.input_size}, got {data.size(-1)}"
+            )
+        steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+        states = self.num_layers * (2 if self.bidirectional else 1)
+        if h_0 is None:
+            h_0 = data.new_zeros((states, batch, self.hidden_size))
+        else:
+            _checks.check_tensor(_OWNER, "h_0", h_0, (3,), like, low)
+            if tuple(h_0.shape) != (states, batch, self.hidden_size):
+                raise ValueError(
+                    f"{_OWNER}: expected h_0 of shape {(states, batch, self.hidden_size)}, got {tuple(h_0.shape)}"
+                )
+        order = packed.sorted_indices if packed.sorted_indices is not None else torch.arange(batch)
+        order = order.to(data.device)
+        # Row t * B + b of the padded (T, B) grid for every packed row, in PackedSequence's order.
+        flat = torch.cat([t * batch + order[:size] for t, size in enumerate(batch_sizes.tolist())])
+        # Sorted position j is active at the steps whose batch size exceeds j.
+        sorted_lengths = (batch_sizes[None, :] > torch.arange(batch)[:, None]).sum(1).to(data.device)
+        lengths = torch.empty_like(sorted_lengths)
+        lengths[order] = sorted_lengths
+        padded = data.new_zeros((steps * batch, data.size(-1))).index_put((flat,), data).view(steps, batch, -1)
+        if low is None:
+            out, h_n = self._layers_masked(padded, lengths, h_0, cells)
+        else:
+            with torch.autocast(data.device.type, enabled=False):
+                out, h_n = self._layers_masked(padded.to(low), lengths, h_0.to(low), cells)
+            out, h_n = out.to(like.dtype), h_n.to(like.dtype)
+        result = out.reshape(steps * batch, -1).index_select(0, flat)
+        return PackedSequence(result, batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
+
+    def _layers_masked(self, x: Tensor, lengths: Tensor, h_0: Tensor, cells: list[ESGPCell]) -> tuple[Tensor, Tensor]:
+        """``x`` (T, B, F) padded, time-major; ``lengths`` (B,). Returns the states (T, B, D*H), valid
+        up to each length, and ``h_n`` at each sequence's own last step."""
+        steps, batch = x.shape[:2]
+        time = torch.arange(steps, device=x.device)[:, None]
+        last = (lengths - 1).clamp(min=0)
+        # Reverses each sequence within its own length (an involution; the padding stays in place).
+        reverse = torch.where(time < lengths, last - time, time)  # (T, B)
+        columns = torch.arange(batch, device=x.device)
+        directions = 2 if self.bidirectional else 1
+        finals = []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                x = F.dropout(x, self.dropout, self.training)
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                source = x if direction == 0 else x[reverse, columns]
+                run = cells[index].layer(source, h_0[index], False, self.compile_steps, self.checkpoint)
+                finals.append(run[last, columns])
+                outputs.append(run if direction == 0 else run[reverse, columns])
+            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        return x, torch.stack(finals)
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
         # Read by DistributedDataParallel: the reservoir and everything derived from it are fixed and
         # identical on every rank by construction, so they are never broadcast (see
-        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module).
-        return [name for name, _ in self.named_buffers()]
+        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module, and for
+        # the check that the ranks' reservoirs agree).
+        return sorted({name for name, _ in self.named_buffers()} | self._ddp_also_ignored)
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names: list[str]) -> None:
+        # DistributedDataParallel._set_params_and_buffers_to_ignore_for_model assigns: keep ours too.
+        self._ddp_also_ignored = set(names)
+
+    _ddp_also_ignored: set[str] = set()
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer's learned parameters; the reservoirs stay."""
         for cell in self._cells():
             cell.reset_parameters()
+
+    def reset_reservoir(self) -> None:
+        """Draw every layer's reservoir from the stack's seed (see :meth:`ESGPCell.reset_reservoir`):
+        after building on ``device="meta"`` and ``to_empty(device=...)``, the model equals one built
+        on that device with the same seed, but for the learned parameters (``reset_parameters()``)."""
+        for cell in self._cells():
+            cell.reset_reservoir()
 
     def _cells(self) -> list[ESGPCell]:
         return [cast(ESGPCell, cell) for cell in self.cells]
@@ -273,6 +400,8 @@ class ESGP(nn.Module):
             checkpoint=False,
         )
         names = dict(gate_type="gate", path_request="path", compile_steps="compile")
+        if self.bidirectional:
+            parts.append("bidirectional=True")
         for attr, default in defaults.items():
             value = getattr(self, attr)
             if value != default:

@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--models: expected names from {','.join(MODELS)}, got {args.models!r}")
     epochs = args.epochs if args.epochs is not None else (10 if args.quick else 30)
     hidden = args.hidden if args.hidden is not None else (32 if args.quick else 128)
+    if args.seed < 0:
+        parser.error(f"--seed: expected a non-negative integer, got {args.seed}")
     if epochs < 1 or hidden < 1 or (args.train_size is not None and args.train_size < 1):
         parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {hidden} and {args.train_size}")
     results = [

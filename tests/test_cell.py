@@ -156,6 +156,24 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(cell, (x, h))
 
 
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("path", PATHS)
+def test_gradgradcheck_float64(gate, path):
+    """Double backward (gradient penalties, Hessian-vector products) on every gate and path, with
+    respect to the input, the state and every learned parameter."""
+    torch.manual_seed(0)
+    cell = ESGPCell(3, 12, sparsity=0.3, gate=gate, path=path, seed=0, dtype=torch.float64)
+    names = [name for name, _ in cell.named_parameters()]
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 12, dtype=torch.float64, requires_grad=True)
+    params = tuple(p.detach().clone().requires_grad_(True) for p in cell.parameters())
+
+    def step(x, h, *values):
+        return torch.func.functional_call(cell, dict(zip(names, values, strict=True)), (x, h))
+
+    assert torch.autograd.gradgradcheck(step, (x, h, *params))
+
+
 def test_reset_parameters_keeps_the_reservoir():
     cell = ESGPCell(3, 40, sparsity=0.2, gate="sparse", seed=0)
     before = {k: v.clone() for k, v in cell.state_dict().items() if isinstance(v, torch.Tensor)}
@@ -276,7 +294,11 @@ def test_a_0_1_0_state_dict_still_loads():
     model.load_state_dict(old)
     torch.testing.assert_close(model(io["x"])[0], io["out"], rtol=0, atol=0)
     cell = model.cells[0]
-    assert cell.radius == 0.9 and math.isnan(cell.radius_error) and cell.radius_measured_with == "unknown"
+    assert (
+        cell.radius == 0.9
+        and math.isnan(cell.radius_error)
+        and cell.radius_measured_with == "requested (0.1.0 state_dict)"
+    )
     assert "cells.0.gate.weight_values" in model.state_dict()
 
 

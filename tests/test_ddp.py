@@ -88,6 +88,31 @@ def test_ddp_same_reservoir_synchronised_parameters_and_no_reservoir_broadcast(t
     assert results[0]["seeds"] == results[1]["seeds"]
 
 
+def _mismatched_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model = Classifier(ESGP(3, 32, sparsity=0.2, seed=rank))  # a different reservoir on each rank
+        try:
+            ignore_fixed_buffers(model)
+            message = "nothing raised"
+        except ValueError as error:
+            message = str(error)
+        Path(out, f"{rank}.txt").write_text(message)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_different_reservoirs_on_the_ranks_are_refused(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_mismatched_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        assert "rank 1 holds other fixed buffers (reservoirs) than rank 0" in (tmp_path / f"{rank}.txt").read_text()
+
+
 def test_fixed_buffer_names_cover_every_layer():
     model = Classifier(ESGP(3, 32, num_layers=2, sparsity=0.2, gate="sparse", seed=0))
     names = fixed_buffer_names(model)

@@ -271,3 +271,79 @@ def test_double_backward_says_what_to_do_instead():
     (grad,) = torch.autograd.grad(model(x)[0].square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) is not supported.*ESGPCell"):
         grad.square().sum().backward()  # a gradient penalty
+
+
+def test_hx_is_nn_grus_name_for_h_0():
+    model = ESGP(3, 16, num_layers=2, sparsity=0.25, seed=0)
+    x, h = torch.randn(2, 4, 3), torch.randn(2, 2, 16)
+    torch.testing.assert_close(model(x, hx=h)[0], model(x, h)[0], rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"ESGP: got both h_0 and hx"):
+        model(x, h, hx=h)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_bidirectional_has_nn_grus_shapes_and_semantics(batch_first):
+    torch.manual_seed(0)
+    model = ESGP(3, 16, num_layers=2, sparsity=0.25, batch_first=batch_first, bidirectional=True, seed=4)
+    gru = torch.nn.GRU(3, 16, num_layers=2, batch_first=batch_first, bidirectional=True)
+    x = torch.randn(2, 5, 3) if batch_first else torch.randn(5, 2, 3)
+    h_0 = torch.randn(4, 2, 16)
+    out, h_n = model(x, h_0)
+    ref_out, ref_h = gru(x, h_0)
+    assert out.shape == ref_out.shape and h_n.shape == ref_h.shape
+    assert [cell.input_size for cell in model.cells] == [3, 3, 32, 32]
+    assert len({cell.seed for cell in model.cells}) == 4  # each direction its own reservoir
+    # Layer 0 by hand: forward cell over x, reverse cell over x backwards.
+    time = 1 if batch_first else 0
+    steps = [x.select(time, t) for t in range(5)]
+    h, forward = h_0[0], []
+    for x_t in steps:
+        h = model.cells[0](x_t, h)
+        forward.append(h)
+    h, backward = h_0[1], []
+    for x_t in reversed(steps):
+        h = model.cells[1](x_t, h)
+        backward.insert(0, h)
+    layer0 = torch.stack([torch.cat(pair, -1) for pair in zip(forward, backward, strict=True)], time)
+    h, top = h_0[2], []
+    for t in range(5):
+        h = model.cells[2](layer0.select(time, t), h)
+        top.append(h)
+    torch.testing.assert_close(out[..., :16], torch.stack(top, time), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_n[0], forward[-1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_n[1], backward[0], rtol=1e-5, atol=1e-6)  # the reverse's last: step 0
+    unidirectional = ESGP(3, 16, num_layers=2, sparsity=0.25, seed=4)
+    assert torch.equal(unidirectional.cells[0].values, model.cells[0].values)  # the same forward reservoir
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(4, 2, 16\), got \(2, 2, 16\)"):
+        model(x, torch.zeros(2, 2, 16))
+
+
+def test_double_backward_is_never_silently_zero():
+    """A loss linear in the output: its gradient needs no grad of its own, yet it depends on the
+    parameters; differentiating it again must raise, not return zero."""
+    model = ESGP(3, 16, sparsity=0.25, seed=0)
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) is not supported"):
+        grad.square().sum().backward()
+    # Asked for by name, the parameters are not reached: torch says so (an error all the same).
+    (grad,) = torch.autograd.grad(model(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"not have been used in the graph"):
+        torch.autograd.grad(grad.square().sum(), list(model.parameters()))
+
+
+def test_autocast_takes_inputs_already_in_the_autocast_dtype():
+    """As nn.GRU: an autocast op before the model hands it bfloat16."""
+    model = ESGP(3, 16, sparsity=0.25, seed=0)
+    projection = torch.nn.Linear(5, 3)
+    x = torch.randn(2, 4, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = projection(x)
+        assert features.dtype == torch.bfloat16
+        out, h_n = model(features)
+    assert out.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference, _ = model(features.float())
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)

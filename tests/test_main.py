@@ -20,14 +20,15 @@ def test_main_trains_and_reports_the_facts(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--steps", "0"], "argument --steps: expected a value >= 1, got 0"),
+        (["--steps", "0"], "argument --steps: expected a finite value >= 1, got 0"),
+        (["--seconds", "inf"], "argument --seconds: expected a finite value > 0, got inf"),
         (["--hidden", "ten"], "argument --hidden: expected an integer, got 'ten'"),
-        (["--seconds", "-1"], "argument --seconds: expected a value > 0, got -1"),
-        (["--lr", "nan"], "argument --lr: expected a value > 0, got nan"),
+        (["--seconds", "-1"], "argument --seconds: expected a finite value > 0, got -1"),
+        (["--lr", "nan"], "argument --lr: expected a finite value > 0, got nan"),
         (["--hidden", "16"], "expected at least 1 recurrent connection per unit"),  # 16 x 0.05 < 1
         (["--sparsity", "2"], "expected sparsity in"),
     ],
-    ids=["steps-0", "hidden-not-int", "seconds-negative", "lr-nan", "too-sparse", "sparsity-above-1"],
+    ids=["steps-0", "seconds-inf", "hidden-not-int", "seconds-negative", "lr-nan", "too-sparse", "sparsity-above-1"],
 )
 def test_bad_values_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

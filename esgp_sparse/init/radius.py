@@ -21,8 +21,9 @@ RADIUS_METHODS: tuple[RadiusMethod, ...] = ("auto", "dense", "arpack", "power")
 
 #: Up to this size ``method="auto"`` takes all eigenvalues of the dense matrix (well under 0.1 s).
 DENSE_MAX_SIZE = 512
-#: Up to this size ``method="auto"`` runs ARPACK; above it, the power iteration. ARPACK took
-#: 23-136 s at 1e5 units on a 2-core CPU (benchmarks/results/radius.json, tol=1e-8).
+#: Up to this size ``method="auto"`` runs ARPACK; above it, the power iteration. ARPACK (tol=1e-10)
+#: took 16-83 s at 1e5 units and 261 s at 2e5 on a 2-core CPU, the power iteration 1.4-15 s
+#: (benchmarks/results/radius.json).
 ARPACK_MAX_SIZE = 20_000
 
 # ARPACK settings of the reference method. With scipy's defaults (k=1, ncv=20) ARPACK converged to
@@ -30,9 +31,9 @@ ARPACK_MAX_SIZE = 20_000
 # connections per row, scipy 1.17): their spectra crowd at the edge of a disc. Six Ritz values in a
 # 64-vector Krylov space still missed the largest by 1.8e-3 at n=10,000 with 100 per row and by
 # 4.9e-4 at n=30,000 with 10 per row (tol=1e-10; the power iteration's Rayleigh-Ritz pair, residual
-# 7e-6 and 1e-6, was larger); 20 in a 200-vector space found it on both, agreeing with that pair to
-# 7e-8 (benchmarks/test_radius.py). tests/init/test_radius.py checks this configuration against
-# dense eigenvalues.
+# 7e-6 and 6e-13, was larger); 20 in a 200-vector space found it on both, agreeing with that pair to
+# 7e-8 (benchmarks/radius_methods.py, benchmarks/results/radius_methods.jsonl).
+# tests/init/test_radius.py checks this configuration against dense eigenvalues.
 ARPACK_K = 20
 ARPACK_NCV = 200
 ARPACK_TOL = 1e-6
@@ -44,8 +45,8 @@ POWER_TOL = 1e-3
 POWER_FIRST_RITZ = 200
 POWER_MAX_ITERATIONS = 3200
 #: Size of the Krylov space of the Rayleigh-Ritz step, started from the power iterate. At 1e5 units
-#: (10 per unit) 30 vectors left the Ritz value 1 % low after 800 power steps; 100 converged it to
-#: a residual of 7e-5 after 2000 (a larger eigenvalue than ARPACK's, see benchmarks/test_radius.py).
+#: (10 per unit), after 3,200 power steps, 30 vectors left a residual of 4.1e-4 (not accepted) and
+#: 100 one of 8.1e-7 (benchmarks/results/radius_methods.jsonl).
 RITZ_SIZE = 100
 
 
@@ -138,8 +139,9 @@ def measure_radius(
     Args:
         matrix: square scipy sparse matrix (CSR preferred).
         method: see above.
-        tol, k, ncv, maxiter: ARPACK's relative accuracy, number of eigenvalues, Krylov space size
-            (capped at ``n - 1``) and restart limit (scipy's default when None).
+        tol, k, ncv, maxiter: ARPACK's relative accuracy, number of eigenvalues (capped at
+            ``n - 2``), Krylov space size (at least ``2k + 1``, at most ``n``) and restart limit
+            (scipy's default when None).
         power_tol: the relative accuracy the power iteration works to.
         max_iterations: the power iteration's step limit.
 
@@ -155,6 +157,10 @@ def measure_radius(
         raise ValueError(f"spectral_radius: expected a square matrix, got shape {matrix.shape}")
     if method not in RADIUS_METHODS:
         raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")
+    if not tol >= 0.0:
+        raise ValueError(f"spectral_radius: expected tol >= 0 (0: machine precision), got tol={tol!r}")
+    if k < 1 or ncv < 1 or (maxiter is not None and maxiter < 1):
+        raise ValueError(f"spectral_radius: expected k, ncv and maxiter >= 1, got k={k}, ncv={ncv}, maxiter={maxiter}")
     if not 0.0 < power_tol < 1.0:
         raise ValueError(f"spectral_radius: expected power_tol in (0, 1), got power_tol={power_tol!r}")
     if max_iterations < POWER_FIRST_RITZ:
@@ -177,7 +183,7 @@ def measure_radius(
     if method == "power":
         return _power_radius(matrix, power_tol, max_iterations)
     k = min(k, n - 2)
-    ncv = min(max(ncv, 2 * k + 1), n - 1)
+    ncv = min(max(ncv, 2 * k + 1), n)  # scipy wants k + 1 < ncv <= n
     products = [0]
 
     def product(x: np.ndarray) -> np.ndarray:
@@ -205,9 +211,9 @@ def spectral_radius(matrix: sp.csr_array | sp.csr_matrix, method: RadiusMethod =
     return measure_radius(matrix, method, **options).radius
 
 
-def _ritz(matrix: sp.csr_array, start: np.ndarray, size: int) -> tuple[complex, np.ndarray, float]:
+def _ritz(matrix: sp.csr_array, start: np.ndarray, size: int) -> tuple[complex, np.ndarray, float, int]:
     """The Ritz pair of largest modulus in the Krylov space of ``start`` (Arnoldi with DGKS
-    reorthogonalisation), and its relative residual."""
+    reorthogonalisation), its relative residual, and the products spent."""
     n = matrix.shape[0]
     size = min(size, n - 1)
     basis = np.zeros((size + 1, n))
@@ -226,14 +232,14 @@ def _ritz(matrix: sp.csr_array, start: np.ndarray, size: int) -> tuple[complex, 
             hessenberg[: j + 1, j] += h
             norm = float(np.linalg.norm(w))
         hessenberg[j + 1, j] = norm
-        if norm == 0.0:  # an invariant subspace: its Ritz values are eigenvalues
+        if norm <= 1e-12 * norm_before:  # an invariant subspace: its Ritz values are eigenvalues
             size = j + 1
             break
         basis[j + 1] = w / norm
     values, vectors = la.eig(hessenberg[:size, :size])
     i = int(np.argmax(np.abs(values)))
     vector = basis[:size].T @ vectors[:, i]
-    return complex(values[i]), vector, _residual(matrix, values[i], vector)
+    return complex(values[i]), vector, _residual(matrix, values[i], vector), size + 1
 
 
 def _power_radius(matrix: sp.csr_array, power_tol: float, max_iterations: int) -> RadiusEstimate:
@@ -258,10 +264,10 @@ def _power_radius(matrix: sp.csr_array, power_tol: float, max_iterations: int) -
         # The growth rate over the second half, and how far it moved from the quarter before.
         estimate = float(np.exp(log_growth[done // 2 : done].mean()))
         diagnostic = float(np.expm1(abs(np.log(estimate) - log_growth[done // 4 : done // 2].mean())))
-        value, vector, residual = _ritz(matrix, x, RITZ_SIZE)
-        products += RITZ_SIZE
+        value, vector, residual, spent = _ritz(matrix, x, RITZ_SIZE)
+        products += spent
         # A converged eigenvalue no smaller than the growth rate allows (the growth rate swings by
-        # about 1 % around a non-normal complex pair, and trails a crowded edge): the dominant one.
+        # up to 0.9 % around a non-normal complex pair, and trails a crowded edge): the dominant one.
         if residual <= power_tol / 10 and abs(value) >= estimate * (1 - 5 * power_tol):
             return RadiusEstimate(abs(value), residual, "power+ritz", products + done, vector)
     warnings.warn(

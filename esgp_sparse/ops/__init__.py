@@ -8,6 +8,7 @@ from .sequence import GATES, GateKind, LayerSpec, esgp_layer
 from .sparse import (
     CSR,
     csr_matmul,
+    csr_matmul_t,
     csr_row_indices,
     csr_sampled_matmul,
     csr_to_dense,
@@ -26,6 +27,7 @@ __all__ = [
     "PathRequest",
     "choose_path",
     "csr_matmul",
+    "csr_matmul_t",
     "csr_row_indices",
     "csr_sampled_matmul",
     "csr_to_dense",

@@ -157,7 +157,9 @@ def backward_step(
 #: compiled graphs, and counts recompiles against ``torch._dynamo.config.recompile_limit`` (8), per
 #: code object: a single compiled step shared by every model in a process failed at the ninth shape
 #: or dtype. Each key gets its own copy of the step's code object, compiled with dynamic shapes, so
-#: batch sizes, lengths, hidden sizes and nnz share one graph and the keys never share a budget.
+#: batch sizes, lengths and nnz share one graph and the keys never share a budget; a new hidden size
+#: compiles the forward step again (it specialises on H), and past the limit Dynamo runs the step
+#: eagerly rather than failing (tests/test_compile.py runs ten hidden sizes).
 _COMPILED: dict[tuple[object, ...], Callable[..., Any]] = {}
 
 
@@ -192,7 +194,7 @@ def chunk_size(steps: int, hidden_size: int, batch: int, element_size: int) -> i
 _DOUBLE_BACKWARD = (
     "esgp_layer: double backward (create_graph=True) is not supported: the sequence layer's backward "
     "through time is hand-written and not itself differentiable; loop ESGPCell over time instead (its "
-    "steps are ordinary autograd on the dense path)"
+    "steps are differentiable twice on every gate and path)"
 )
 
 
@@ -264,7 +266,7 @@ class _ESGPLayer(torch.autograd.Function):
         with torch.no_grad():
             grads = _ESGPLayer._backward(ctx, grad_out)
         transformed = torch._C._functorch.peek_interpreter_stack() is not None  # torch.func.grad & co.
-        if transformed or not (torch.is_grad_enabled() and grad_out is not None and grad_out.requires_grad):
+        if transformed or not torch.is_grad_enabled():  # grad mode is on here only under create_graph=True
             return grads
         # As torch.autograd.function.once_differentiable, with a message that says what to do: the
         # gradients get a node that raises if anything differentiates through them.
@@ -383,8 +385,9 @@ def esgp_layer(
     """Run one ESGP layer over a sequence. Equals :func:`esgp_sparse.ops.naive.naive_layer`.
 
     Differentiable in ``x``, ``h0``, ``input_weight``, ``gate_weight`` and ``gate_bias``; the
-    reservoir ``recurrent`` is fixed and must not require grad. Double backward
-    (``create_graph=True``) raises ``NotImplementedError``, naming the alternative.
+    reservoir ``recurrent`` is fixed and must not require grad. Its gradients are not themselves
+    differentiable: under ``create_graph=True`` they carry a node that raises ``RuntimeError``
+    (naming the alternative) if anything differentiates through them, never a silent zero.
 
     Memory for the backward, per unit and step (float32): the output (4 bytes, returned anyway) plus
     the candidates and gates (8 bytes). With ``checkpoint=True`` only the output is kept and the

@@ -100,7 +100,8 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def csr_matmul(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> Tensor:
     """``W @ x`` for the CSR matrix ``W`` (n_rows x n_cols) and a dense ``x`` (n_cols, N).
 
-    No autograd of its own: :func:`sparse_linear` is the differentiable product. In bfloat16 and
+    Differentiable in ``values`` and ``x`` to any order (see below); :func:`sparse_linear` is the
+    fast differentiable product, with a CSR copy of the transpose for its backward. In bfloat16 and
     float16 the product is computed in float32 and rounded once to ``x.dtype``.
     """
     compute = _accumulation_dtype(x.dtype)
@@ -129,6 +130,56 @@ def csr_sampled_matmul(crow: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tenso
 @csr_sampled_matmul.register_fake
 def _(crow: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return a.new_empty(col.shape)
+
+
+@torch.library.custom_op("esgp_sparse::csr_matmul_t", mutates_args=())
+def csr_matmul_t(crow: Tensor, col: Tensor, values: Tensor, x: Tensor, n_cols: int) -> Tensor:
+    """``W.T @ x`` for the CSR matrix ``W`` (n_rows x n_cols) and a dense ``x`` (n_rows, N), through
+    the transposed (CSC) view: slower than a CSR copy of the transpose (:func:`csr_transpose`), so it
+    serves only the second derivatives, where no such copy is at hand.
+    """
+    compute = _accumulation_dtype(x.dtype)
+    return (_csr(crow, col, values.to(compute), n_cols).t() @ x.to(compute)).to(x.dtype)
+
+
+@csr_matmul_t.register_fake
+def _(crow: Tensor, col: Tensor, values: Tensor, x: Tensor, n_cols: int) -> Tensor:
+    return x.new_empty((n_cols, x.shape[1]))
+
+
+# Autograd of the three products, in terms of one another, so that every derivative is itself
+# differentiable (gradient penalties, Hessian-vector products): with W the CSR matrix of `values`,
+#   W @ x:           d values = (g @ x.T)[pattern],   d x = W.T @ g
+#   W.T @ x:         d values = (x @ g.T)[pattern],   d x = W @ g
+#   (a @ b)[pattern]: d a = G @ b.T,  d b = (G.T @ a).T,  G the CSR matrix of the incoming gradient.
+def _save_all(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    ctx.save_for_backward(*(t for t in inputs if isinstance(t, Tensor)))
+
+
+def _csr_matmul_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    crow, col, values, x = ctx.saved_tensors
+    grad_values = csr_sampled_matmul(crow, col, grad, x.t()) if ctx.needs_input_grad[2] else None
+    grad_x = csr_matmul_t(crow, col, values, grad, x.shape[0]) if ctx.needs_input_grad[3] else None
+    return None, None, grad_values, grad_x
+
+
+def _csr_matmul_t_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    crow, col, values, x = ctx.saved_tensors
+    grad_values = csr_sampled_matmul(crow, col, x, grad.t()) if ctx.needs_input_grad[2] else None
+    grad_x = csr_matmul(crow, col, values, grad) if ctx.needs_input_grad[3] else None
+    return None, None, grad_values, grad_x, None
+
+
+def _csr_sampled_matmul_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    crow, col, a, b = ctx.saved_tensors
+    grad_a = csr_matmul(crow, col, grad, b.t()) if ctx.needs_input_grad[2] else None
+    grad_b = csr_matmul_t(crow, col, grad, a, b.shape[1]).t() if ctx.needs_input_grad[3] else None
+    return None, None, grad_a, grad_b
+
+
+csr_matmul.register_autograd(_csr_matmul_backward, setup_context=_save_all)
+csr_matmul_t.register_autograd(_csr_matmul_t_backward, setup_context=_save_all)
+csr_sampled_matmul.register_autograd(_csr_sampled_matmul_backward, setup_context=_save_all)
 
 
 @torch.library.custom_op("esgp_sparse::sparse_linear", mutates_args=())

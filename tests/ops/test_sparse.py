@@ -6,6 +6,7 @@ from _testing import TOL, cuda, pattern, reservoir_tensors
 
 from esgp_sparse.ops import (
     csr_matmul,
+    csr_matmul_t,
     csr_row_indices,
     csr_sampled_matmul,
     csr_to_dense,
@@ -75,6 +76,30 @@ def test_opcheck():
     torch.library.opcheck(sparse_linear, (x, values, *csr))
     torch.library.opcheck(csr_matmul, (csr.crow, csr.col, values.detach(), x.detach().t().contiguous()))
     torch.library.opcheck(csr_sampled_matmul, (csr.crow, csr.col, torch.randn(23, 4, dtype=torch.float64), x.detach()))
+    torch.library.opcheck(
+        csr_matmul_t, (csr.crow, csr.col, values.detach(), torch.randn(23, 3, dtype=torch.float64), 23)
+    )
+
+
+def test_csr_matmul_t_equals_the_transposed_dense_product():
+    crow, col, values, dense = reservoir_tensors(29, 0.2)
+    x = torch.randn(29, 4, dtype=torch.float64)
+    torch.testing.assert_close(csr_matmul_t(crow, col, values, x, 29), dense.T @ x, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("op", ["csr_matmul", "csr_matmul_t", "csr_sampled_matmul", "sparse_linear"])
+def test_every_product_is_twice_differentiable(op):
+    """Gradient penalties and Hessian-vector products need the backward itself to be differentiable."""
+    csr = pattern(11, 0.3)
+    values = torch.randn(csr.col.numel(), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
+    functions = {
+        "csr_matmul": lambda v, x: csr_matmul(csr.crow, csr.col, v, x),
+        "csr_matmul_t": lambda v, x: csr_matmul_t(csr.crow, csr.col, v, x, 11),
+        "csr_sampled_matmul": lambda v, x: csr_sampled_matmul(csr.crow, csr.col, x * v.sum(), x.t()),
+        "sparse_linear": lambda v, x: sparse_linear(x.t().contiguous(), v, *csr),
+    }
+    assert torch.autograd.gradgradcheck(functions[op], (values, x))
 
 
 @cuda
