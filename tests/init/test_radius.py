@@ -116,3 +116,20 @@ def test_power_arguments_are_checked():
         measure_radius(matrix, "power", max_iterations=10)
     with pytest.raises(ValueError, match=r"expected power_tol in \(0, 1\), got power_tol=0"):
         measure_radius(matrix, "power", power_tol=0)
+
+
+@pytest.mark.parametrize("n", [3, 10, 22, 23])
+def test_arpack_on_small_matrices(n):
+    """k and ncv are capped to what ARPACK accepts (k + 1 < ncv <= n) however small the matrix."""
+    matrix = random_matrix(n, min(3, n - 1), 1)
+    expected = np.abs(np.linalg.eigvals(matrix.toarray())).max()
+    estimate = measure_radius(matrix, "arpack")
+    assert estimate.radius == pytest.approx(expected, rel=1e-8) and estimate.method in ("arpack", "acyclic")
+
+
+def test_arpack_arguments_are_checked():
+    matrix = random_matrix(600, 10, 0)
+    with pytest.raises(ValueError, match=r"expected tol >= 0 \(0: machine precision\), got tol=-1"):
+        measure_radius(matrix, "arpack", tol=-1)
+    with pytest.raises(ValueError, match=r"expected k, ncv and maxiter >= 1, got k=0, ncv=64, maxiter=None"):
+        measure_radius(matrix, "arpack", k=0, ncv=64)
