@@ -42,8 +42,8 @@ class LayerSpec(NamedTuple):
         gate: ``"dense"`` (gate_weight (H, H)), ``"diagonal"`` (gate_weight (H,)) or ``"sparse"``
             (gate_weight holds the values on ``gate_csr``).
         gate_csr: the sparse gate's pattern, else None.
-        compiled: run the per-step kernels through ``torch.compile`` (compiled once per shape, never
-            unrolled over time).
+        compiled: run the per-step kernels through ``torch.compile`` (never unrolled over time; see
+            ``_COMPILED`` for what compiles again).
     """
 
     recurrent_csr: CSR | None
