@@ -34,7 +34,7 @@ from .ops import (
     esgp_cell,
     esgp_layer,
 )
-from .pattern import PatternModule
+from .pattern import FixedBuffers, PatternModule
 
 GateType = Literal["dense", "diagonal", "sparse"]
 
@@ -42,7 +42,7 @@ _OWNER = "ESGPCell"
 _SCALABLE_GATES = "use gate='sparse' or gate='diagonal', which scale with nnz and H"
 
 
-class ESGPCell(PatternModule):
+class ESGPCell(FixedBuffers, PatternModule):
     r"""One step of an Echo State Gated Population network.
 
     .. math::
@@ -438,21 +438,6 @@ class ESGPCell(PatternModule):
     def radius_summary(self) -> str:
         """``rho=0.9 (arpack, error 3.1e-08)``: the measured radius, how, and its error estimate."""
         return f"rho={self.radius:.6g} ({self.radius_measured_with}, error {self.radius_error:.2g})"
-
-    @property
-    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
-        # Read by DistributedDataParallel: the reservoir and everything derived from it are fixed and
-        # identical on every rank by construction, so they are never broadcast (see
-        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module, and for
-        # the check that the ranks' reservoirs agree).
-        return sorted({name for name, _ in self.named_buffers()} | self._ddp_also_ignored)
-
-    @_ddp_params_and_buffers_to_ignore.setter
-    def _ddp_params_and_buffers_to_ignore(self, names: list[str]) -> None:
-        # DistributedDataParallel._set_params_and_buffers_to_ignore_for_model assigns: keep ours too.
-        self._ddp_also_ignored = set(names)
-
-    _ddp_also_ignored: set[str] = set()
 
     def reset_parameters(self) -> None:
         """Re-initialise the learned parameters (``Win`` and the gate); the reservoir stays."""

@@ -14,11 +14,12 @@ from . import _checks
 from .cell import ESGPCell, GateType, PathRequest, autocast_dtype
 from .init import RADIUS_METHODS, RadiusMethod, check_connections, derive_seed
 from .ops import GATES, PATHS
+from .pattern import FixedBuffers
 
 _OWNER = "ESGP"
 
 
-class ESGP(nn.Module):
+class ESGP(FixedBuffers):
     r"""A multi-layer Echo State Gated Population network over sequences, like ``nn.GRU``.
 
     Each layer is an :class:`ESGPCell` (see it for the math and the reservoir); layer ``l > 0``
@@ -355,21 +356,6 @@ class ESGP(nn.Module):
                 outputs.append(run if direction == 0 else run[reverse, columns])
             x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
         return x, torch.stack(finals)
-
-    @property
-    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
-        # Read by DistributedDataParallel: the reservoir and everything derived from it are fixed and
-        # identical on every rank by construction, so they are never broadcast (see
-        # esgp_sparse.distributed.ignore_fixed_buffers for a model that holds this module, and for
-        # the check that the ranks' reservoirs agree).
-        return sorted({name for name, _ in self.named_buffers()} | self._ddp_also_ignored)
-
-    @_ddp_params_and_buffers_to_ignore.setter
-    def _ddp_params_and_buffers_to_ignore(self, names: list[str]) -> None:
-        # DistributedDataParallel._set_params_and_buffers_to_ignore_for_model assigns: keep ours too.
-        self._ddp_also_ignored = set(names)
-
-    _ddp_also_ignored: set[str] = set()
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer's learned parameters; the reservoirs stay."""

@@ -18,6 +18,24 @@ from .ops import CSR, Path, csr_row_indices, csr_transpose
 _DERIVED = ("crow_indices_t", "col_indices_t", "perm_t", "row_indices")
 
 
+class FixedBuffers(nn.Module):
+    """A module all of whose buffers are fixed and identical on every rank by construction (a
+    reservoir and what derives from it), and says so to DistributedDataParallel, which would
+    otherwise broadcast them on every forward. See esgp_sparse.distributed.ignore_fixed_buffers for a
+    model that holds such a module, and for the check that the ranks' buffers agree."""
+
+    _ddp_also_ignored: set[str] = set()
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:  # read by DistributedDataParallel
+        return sorted({name for name, _ in self.named_buffers()} | self._ddp_also_ignored)
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names: list[str]) -> None:
+        # DistributedDataParallel._set_params_and_buffers_to_ignore_for_model assigns: keep ours too.
+        self._ddp_also_ignored = set(names)
+
+
 class PatternModule(nn.Module):
     """Base of the modules that own a fixed CSR pattern (H x H).
 

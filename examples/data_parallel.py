@@ -56,6 +56,8 @@ def main() -> None:
         dist.all_gather(gathered, tensor)
         if rank == 0:
             print(f"{name} identical on every rank: {all(torch.equal(gathered[0], t) for t in gathered)}")
+    del model, optimizer  # DDP's reducer must go before its process group does
+    dist.barrier()
     dist.destroy_process_group()
 
 

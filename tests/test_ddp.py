@@ -34,50 +34,64 @@ def _flat(tensors) -> torch.Tensor:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
+    _in_process_group(_train, rank, port, out)
+
+
+def _in_process_group(work, rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        torch.manual_seed(1000 + rank)  # the ranks are NOT seeded alike
-        model = Classifier(ESGP(3, 32, num_layers=2, sparsity=0.2, gate="sparse", path="dense", seed=None))
-        ignore_fixed_buffers(model)
-        ddp = DistributedDataParallel(model)
-        synced = [b for name, b in model.named_buffers() if name not in ddp.parameters_to_ignore]
-        plain = DistributedDataParallel(ESGP(3, 16, sparsity=0.25, seed=None))  # ESGP at the top
-        initial = _flat(model.parameters())
-        optimizer = torch.optim.Adam(ddp.parameters(), lr=1e-2)
-        generator = torch.Generator().manual_seed(rank)  # each rank its own data
-        for _ in range(4):
-            x, y = torch.randn(5, 7, 3, generator=generator), torch.randint(0, 3, (5,), generator=generator)
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(ddp(x), y).backward()
-            optimizer.step()
-        reservoirs = _flat(b for name, b in model.named_buffers() if name in fixed_buffer_names(model))
-        params = _flat(model.parameters())
-        gathered = {}
-        for key, tensor in (("params", params), ("reservoirs", reservoirs)):
-            parts = [torch.empty_like(tensor) for _ in range(WORLD)]
-            dist.all_gather(parts, tensor)
-            gathered[key] = float((parts[0] - parts[1]).abs().max())
-        result = dict(
-            gathered,
-            seeds=[model.esgp.seed],
-            synced_buffer_bytes=sum(b.numel() * b.element_size() for b in synced),
-            all_buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
-            ignored=len(ddp.parameters_to_ignore),
-            plain_synced=[n for n, _ in plain.module.named_buffers() if n not in plain.parameters_to_ignore],
-            moved=float((params - initial).abs().max()),
-        )
-        Path(out, f"{rank}.json").write_text(json.dumps(result))
+        work(rank, out)  # its DDP objects are gone when it returns, before the group is torn down
     finally:
+        dist.barrier()  # no rank tears gloo down while another is still in a collective
         dist.destroy_process_group()
 
 
-def test_ddp_same_reservoir_synchronised_parameters_and_no_reservoir_broadcast(tmp_path):
+def _train(rank: int, out: str) -> None:
+    torch.manual_seed(1000 + rank)  # the ranks are NOT seeded alike
+    model = Classifier(ESGP(3, 32, num_layers=2, sparsity=0.2, gate="sparse", path="dense", seed=None))
+    ignore_fixed_buffers(model)
+    ddp = DistributedDataParallel(model)
+    synced = [b for name, b in model.named_buffers() if name not in ddp.parameters_to_ignore]
+    plain = DistributedDataParallel(ESGP(3, 16, sparsity=0.25, seed=None))  # ESGP at the top
+    initial = _flat(model.parameters())
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(rank)  # each rank its own data
+    for _ in range(4):
+        x, y = torch.randn(5, 7, 3, generator=generator), torch.randint(0, 3, (5,), generator=generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        optimizer.step()
+    reservoirs = _flat(b for name, b in model.named_buffers() if name in fixed_buffer_names(model))
+    params = _flat(model.parameters())
+    gathered = {}
+    for key, tensor in (("params", params), ("reservoirs", reservoirs)):
+        parts = [torch.empty_like(tensor) for _ in range(WORLD)]
+        dist.all_gather(parts, tensor)
+        gathered[key] = float((parts[0] - parts[1]).abs().max())
+    result = dict(
+        gathered,
+        seeds=[model.esgp.seed],
+        synced_buffer_bytes=sum(b.numel() * b.element_size() for b in synced),
+        all_buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+        ignored=len(ddp.parameters_to_ignore),
+        plain_synced=[n for n, _ in plain.module.named_buffers() if n not in plain.parameters_to_ignore],
+        moved=float((params - initial).abs().max()),
+    )
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+
+
+def _spawn(worker, tmp_path: Path) -> None:
+    """Run ``worker(rank, port, out)`` on WORLD gloo processes on a free loopback port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+
+
+def test_ddp_same_reservoir_synchronised_parameters_and_no_reservoir_broadcast(tmp_path):
+    _spawn(_worker, tmp_path)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(WORLD)]
     for result in results:
         assert result["reservoirs"] == 0.0  # the seed drawn on rank 0 reached rank 1
@@ -89,26 +103,21 @@ def test_ddp_same_reservoir_synchronised_parameters_and_no_reservoir_broadcast(t
 
 
 def _mismatched_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    _in_process_group(_refuse, rank, port, out)
+
+
+def _refuse(rank: int, out: str) -> None:
+    model = Classifier(ESGP(3, 32, sparsity=0.2, seed=rank))  # a different reservoir on each rank
     try:
-        model = Classifier(ESGP(3, 32, sparsity=0.2, seed=rank))  # a different reservoir on each rank
-        try:
-            ignore_fixed_buffers(model)
-            message = "nothing raised"
-        except ValueError as error:
-            message = str(error)
-        Path(out, f"{rank}.txt").write_text(message)
-    finally:
-        dist.destroy_process_group()
+        ignore_fixed_buffers(model)
+        message = "nothing raised"
+    except ValueError as error:
+        message = str(error)
+    Path(out, f"{rank}.txt").write_text(message)
 
 
 def test_different_reservoirs_on_the_ranks_are_refused(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_mismatched_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    _spawn(_mismatched_worker, tmp_path)
     for rank in range(WORLD):
         assert "rank 1 holds other fixed buffers (reservoirs) than rank 0" in (tmp_path / f"{rank}.txt").read_text()
 
