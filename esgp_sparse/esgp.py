@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, cast, overload
 
 import torch
@@ -273,22 +274,35 @@ class ESGP(FixedBuffers):
 
     def _layers(self, x: Tensor, h_0: Tensor, cells: list[ESGPCell]) -> tuple[Tensor, Tensor]:
         time = 1 if self.batch_first else 0
+        # The reverse direction reads the sequence backwards and writes its states back in time
+        # order; its last state is that of the first step.
+        return self._stack(x, h_0, cells, self.batch_first, lambda a: a.flip(time), lambda a: a.select(time, -1))
+
+    def _stack(
+        self,
+        x: Tensor,
+        h_0: Tensor,
+        cells: list[ESGPCell],
+        batch_first: bool,
+        reverse: Callable[[Tensor], Tensor],
+        last: Callable[[Tensor], Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """Every layer and direction over ``x``: ``reverse`` turns a sequence around (and back),
+        ``last`` takes a run's final states."""
         directions = 2 if self.bidirectional else 1
-        last = []
+        finals = []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
             outputs = []
             for direction in range(directions):
                 index = layer * directions + direction
-                # The reverse direction reads the sequence backwards and writes its states back in
-                # time order; its last state is that of the first step.
-                source = x if direction == 0 else x.flip(time)
-                states = cells[index].layer(source, h_0[index], self.batch_first, self.compile_steps, self.checkpoint)
-                last.append(states.select(time, -1))
-                outputs.append(states if direction == 0 else states.flip(time))
+                source = x if direction == 0 else reverse(x)
+                run = cells[index].layer(source, h_0[index], batch_first, self.compile_steps, self.checkpoint)
+                finals.append(last(run))
+                outputs.append(run if direction == 0 else reverse(run))
             x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        return x, torch.stack(last)
+        return x, torch.stack(finals)
 
     def _forward_packed(
         self, packed: PackedSequence, h_0: Tensor | None, cells: list[ESGPCell], like: Tensor
@@ -338,24 +352,11 @@ class ESGP(FixedBuffers):
         up to each length, and ``h_n`` at each sequence's own last step."""
         steps, batch = x.shape[:2]
         time = torch.arange(steps, device=x.device)[:, None]
-        last = (lengths - 1).clamp(min=0)
+        final = (lengths - 1).clamp(min=0)
         # Reverses each sequence within its own length (an involution; the padding stays in place).
-        reverse = torch.where(time < lengths, last - time, time)  # (T, B)
+        reverse = torch.where(time < lengths, final - time, time)  # (T, B)
         columns = torch.arange(batch, device=x.device)
-        directions = 2 if self.bidirectional else 1
-        finals = []
-        for layer in range(self.num_layers):
-            if layer > 0 and self.dropout > 0:
-                x = F.dropout(x, self.dropout, self.training)
-            outputs = []
-            for direction in range(directions):
-                index = layer * directions + direction
-                source = x if direction == 0 else x[reverse, columns]
-                run = cells[index].layer(source, h_0[index], False, self.compile_steps, self.checkpoint)
-                finals.append(run[last, columns])
-                outputs.append(run if direction == 0 else run[reverse, columns])
-            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        return x, torch.stack(finals)
+        return self._stack(x, h_0, cells, False, lambda a: a[reverse, columns], lambda a: a[final, columns])
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer's learned parameters; the reservoirs stay."""
