@@ -254,23 +254,23 @@ class ESGP(FixedBuffers):
             )
         states = self.num_layers * (2 if self.bidirectional else 1)
         h_shape = (states, batch, self.hidden_size) if batched else (states, self.hidden_size)
-        if h_0 is None:
-            h_0 = x.new_zeros((states, batch, self.hidden_size))
-        else:
-            _checks.check_tensor(_OWNER, "h_0", h_0, (len(h_shape),), like, low)
-            if tuple(h_0.shape) != h_shape:
-                raise ValueError(f"{_OWNER}: expected h_0 of shape {h_shape}, got {tuple(h_0.shape)}")
-            if not batched:
-                h_0 = h_0.unsqueeze(1)
-        if low is None:
-            x, h_n = self._layers(x, h_0, cells)
-        else:  # every layer in the autocast dtype, the results in the module's (as nn.GRU on CPU)
-            with torch.autocast(x.device.type, enabled=False):
-                x, h_n = self._layers(x.to(low), h_0.to(low), cells)
-            x, h_n = x.to(like.dtype), h_n.to(like.dtype)
+        h_0 = self._initial_state(h_0, h_shape, x, like, low)
+        h_0 = h_0 if batched else h_0.unsqueeze(1)
+        x, h_n = _in_dtype(low, like.dtype, lambda x, h: self._layers(x, h, cells), x, h_0)
         if not batched:
             return x.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
         return x, h_n
+
+    def _initial_state(
+        self, h_0: Tensor | None, shape: tuple[int, ...], source: Tensor, like: Tensor, low: torch.dtype | None
+    ) -> Tensor:
+        """``h_0`` checked against ``shape``, or zeros of it."""
+        if h_0 is None:
+            return source.new_zeros(shape)
+        _checks.check_tensor(_OWNER, "h_0", h_0, (len(shape),), like, low)
+        if tuple(h_0.shape) != shape:
+            raise ValueError(f"{_OWNER}: expected h_0 of shape {shape}, got {tuple(h_0.shape)}")
+        return h_0
 
     def _layers(self, x: Tensor, h_0: Tensor, cells: list[ESGPCell]) -> tuple[Tensor, Tensor]:
         time = 1 if self.batch_first else 0
@@ -321,14 +321,7 @@ class ESGP(FixedBuffers):
             )
         steps, batch = batch_sizes.numel(), int(batch_sizes[0])
         states = self.num_layers * (2 if self.bidirectional else 1)
-        if h_0 is None:
-            h_0 = data.new_zeros((states, batch, self.hidden_size))
-        else:
-            _checks.check_tensor(_OWNER, "h_0", h_0, (3,), like, low)
-            if tuple(h_0.shape) != (states, batch, self.hidden_size):
-                raise ValueError(
-                    f"{_OWNER}: expected h_0 of shape {(states, batch, self.hidden_size)}, got {tuple(h_0.shape)}"
-                )
+        h_0 = self._initial_state(h_0, (states, batch, self.hidden_size), data, like, low)
         order = packed.sorted_indices if packed.sorted_indices is not None else torch.arange(batch)
         order = order.to(data.device)
         # Row t * B + b of the padded (T, B) grid for every packed row, in PackedSequence's order.
@@ -338,12 +331,7 @@ class ESGP(FixedBuffers):
         lengths = torch.empty_like(sorted_lengths)
         lengths[order] = sorted_lengths
         padded = data.new_zeros((steps * batch, data.size(-1))).index_put((flat,), data).view(steps, batch, -1)
-        if low is None:
-            out, h_n = self._layers_masked(padded, lengths, h_0, cells)
-        else:
-            with torch.autocast(data.device.type, enabled=False):
-                out, h_n = self._layers_masked(padded.to(low), lengths, h_0.to(low), cells)
-            out, h_n = out.to(like.dtype), h_n.to(like.dtype)
+        out, h_n = _in_dtype(low, like.dtype, lambda x, h: self._layers_masked(x, lengths, h, cells), padded, h_0)
         result = out.reshape(steps * batch, -1).index_select(0, flat)
         return PackedSequence(result, batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
 
@@ -394,3 +382,19 @@ class ESGP(FixedBuffers):
             if value != default:
                 parts.append(f"{names.get(attr, attr)}={value!r}")
         return ", ".join(parts)
+
+
+def _in_dtype(
+    low: torch.dtype | None,
+    dtype: torch.dtype,
+    run: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    x: Tensor,
+    h: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``run(x, h)``; under autocast (``low`` not None) every layer runs in ``low`` with autocast off
+    inside, and the results come back in the module's ``dtype`` (as nn.GRU's do on CPU)."""
+    if low is None:
+        return run(x, h)
+    with torch.autocast(x.device.type, enabled=False):
+        out, h_n = run(x.to(low), h.to(low))
+    return out.to(dtype), h_n.to(dtype)
