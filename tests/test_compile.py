@@ -141,3 +141,97 @@ def test_compile_true_never_gives_up():
         eager.load_state_dict(model.state_dict())
         x = torch.randn(4, 6, 3, dtype=torch.float64)
         torch.testing.assert_close(model(x)[0], eager(x)[0], **TOL[torch.float64])
+
+
+# ------------------------------------------------------------------ whole-model torch.compile
+class Classifier(torch.nn.Module):
+    def __init__(self, gate="dense", path="sparse", **kwargs):
+        super().__init__()
+        self.rnn = ESGP(3, 24, sparsity=0.2, gate=gate, path=path, seed=4, dtype=torch.float64, **kwargs)
+        width = 48 if kwargs.get("bidirectional") else 24
+        self.head = torch.nn.Linear(width, 5, dtype=torch.float64)
+
+    def forward(self, x):
+        out, h_n = self.rnn(x)
+        return self.head(out[:, -1]) + h_n.sum(0).sum(-1, keepdim=True)
+
+
+class GraphRecorder:
+    """A backend that counts the ESGP layer nodes of every graph it is given (Dynamo may hand the
+    same frame's graph over again after a restarted analysis), then runs it with aot_eager."""
+
+    def __init__(self):
+        self.layer_nodes = []
+
+    def __call__(self, gm, example_inputs):
+        layers = [n for n in gm.graph.nodes if n.target is torch.ops.esgp_sparse.esgp_layer.default]
+        self.layer_nodes.append(len(layers))
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+
+def layer_nodes(gm):
+    return [n for n in gm.graph.nodes if n.target is torch.ops.esgp_sparse.esgp_layer.default]
+
+
+def assert_matches_eager(model, compiled, steps):
+    x = torch.randn(2, steps, 3, dtype=torch.float64, requires_grad=True)
+    got, want = compiled(x), model(x)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+    params = [x, *model.parameters()]
+    grad = torch.randn_like(want)
+    for g, w in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad), strict=True):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize(
+    "gate, path, kwargs",
+    [
+        ("dense", "dense", dict(num_layers=2)),
+        ("diagonal", "sparse", dict(bidirectional=True)),
+        ("sparse", "sparse", dict(checkpoint=True)),
+    ],
+    ids=["dense-dense-2-layers", "diagonal-sparse-bidirectional", "sparse-sparse-checkpoint"],
+)
+def test_whole_model_compiles_to_one_node_per_layer_whatever_the_length(gate, path, kwargs):
+    """``torch.compile(model, fullgraph=True)``: each layer (and direction) is one opaque node, the
+    graph is the same for every T, a new T compiles nothing new, and forward and backward equal eager."""
+    torch.manual_seed(0)
+    model = Classifier(gate, path, **kwargs)
+    recorder = GraphRecorder()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=recorder)
+    for steps in (5, 11, 40):  # not 3: dynamo would give T and I (3) one symbol
+        assert_matches_eager(model, compiled, steps)
+    layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    assert counters["stats"]["unique_graphs"] == 1  # one graph for all three lengths
+    assert recorder.layer_nodes[-1] == layers
+
+
+def test_whole_model_compiles_with_inductor():
+    torch.manual_seed(0)
+    model = Classifier("sparse", "sparse", num_layers=2)
+    compiled = torch.compile(model)
+    for steps in (4, 9):
+        assert_matches_eager(model, compiled, steps)
+
+
+# ------------------------------------------------------------------ torch.export
+@pytest.mark.parametrize("gate, path", [("dense", "dense"), ("sparse", "sparse")], ids=["dense", "sparse"])
+def test_export_with_a_dynamic_length(gate, path):
+    """``torch.export.export`` of a model whose parameters require grad (nothing turned off), with T
+    dynamic: one node per layer, and the program equals eager at other lengths, gradients included
+    (the exported layer keeps no residuals and recomputes them in a backward)."""
+    torch.manual_seed(0)
+    model = ESGP(3, 24, num_layers=2, sparsity=0.2, gate=gate, path=path, seed=5, dtype=torch.float64).eval()
+    assert all(p.requires_grad for p in model.parameters())
+    dims = {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("steps", min=1, max=4096)}
+    program = torch.export.export(model, (torch.randn(4, 6, 3, dtype=torch.float64),), dynamic_shapes=(dims,))
+    assert len(layer_nodes(program.graph_module)) == 2
+    exported = program.module()
+    for batch, length in ((3, 1), (2, 17)):
+        x = torch.randn(batch, length, 3, dtype=torch.float64)
+        (out, h_n), (ref, ref_h) = exported(x), model(x)
+        torch.testing.assert_close(out, ref, **TOL[torch.float64])
+        torch.testing.assert_close(h_n, ref_h, **TOL[torch.float64])
+    x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
+    grads = [torch.autograd.grad(run(x)[0].square().sum(), x)[0] for run in (exported, model)]
+    torch.testing.assert_close(grads[0], grads[1], **TOL[torch.float64])

@@ -19,7 +19,7 @@ Reference twin: :func:`esgp_sparse.ops.naive.naive_layer`.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -198,9 +198,154 @@ _DOUBLE_BACKWARD = (
 )
 
 
+def _block(spec: LayerSpec, batch: int, hidden: int) -> tuple[int, int]:
+    return (batch, hidden) if spec.rows else (hidden, batch)
+
+
+def _forward(
+    x: Tensor,
+    h0: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    spec: LayerSpec,
+    batch_first: bool,
+    candidates: Sequence[Tensor] | Tensor,
+    gates: Sequence[Tensor] | Tensor,
+) -> Tensor:
+    """The states (B, T, H) or (T, B, H); step t's candidate and gate block are written to
+    ``candidates[t]`` and ``gates[t]``, or all to ``candidates[0]`` and ``gates[0]`` (scratch) when
+    the sequences hold one block each."""
+    # x is (B, T, I) if batch_first else (T, B, I); `seq` views it time-major either way.
+    seq = x.transpose(0, 1) if batch_first else x
+    steps, batch, _ = seq.shape
+    hidden = input_weight.shape[0]
+    rows = spec.rows
+    forward, _ = _steps(spec, x)
+    ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
+    out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
+    out_seq = out.transpose(0, 1) if batch_first else out
+    k = chunk_size(steps, hidden, batch, x.element_size())
+    block = _block(spec, batch, hidden)
+    # Reused buffers: the input projection of a chunk, and the state ping-ponging between two.
+    projection = x.new_empty((k, *block))
+    buffers = (x.new_empty(block), x.new_empty(block))
+    h = buffers[1].copy_(h0 if rows else h0.t())
+    out_steps = (out_seq if rows else out_seq.transpose(1, 2)).unbind(0)  # step-layout views
+    for start in range(0, steps, k):
+        x_chunk = seq[start : start + k]  # (K, B, I)
+        inputs = _project(x_chunk, input_weight, rows, out=projection[: x_chunk.shape[0]])
+        for t, u in enumerate(inputs.unbind(0), start):
+            h_next = buffers[t % 2]
+            i = t if len(candidates) == steps else 0
+            forward(u, h, ops, spec, h_next, candidates[i], gates[i])
+            out_steps[t].copy_(h_next)
+            h = h_next
+    return out
+
+
+def _backward(
+    grad_out: Tensor,
+    x: Tensor,
+    h0: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    out: Tensor,
+    candidates: Sequence[Tensor],
+    gates: Sequence[Tensor],
+    spec: LayerSpec,
+    batch_first: bool,
+    input_grad: bool,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of x (None unless ``input_grad``), h0, input_weight, gate_weight and gate_bias
+    from dL/d(states). Without ``candidates`` and ``gates`` (checkpoint) the backward recomputes
+    them chunk by chunk from the states."""
+    rows = spec.rows
+    per_step = len(candidates) > 0
+    if batch_first:
+        seq, out_seq, grad_seq = x.transpose(0, 1), out.transpose(0, 1), grad_out.transpose(0, 1)
+    else:
+        seq, out_seq, grad_seq = x, out, grad_out
+    steps, batch, hidden = out_seq.shape
+    forward, backward = _steps(spec, out)
+    ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=True)
+    forward_ops = None if per_step else _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
+    step_view = (lambda a: a) if rows else (lambda a: a.transpose(-1, -2))  # (.., B, H) -> step layout
+    batch_dim = 1 if rows else 2  # of a (K, ., .) chunk in the step layout
+    grad_steps, state_steps = step_view(grad_seq).unbind(0), step_view(out_seq).unbind(0)
+
+    grad_x = torch.empty_like(x) if input_grad else None
+    grad_x_seq = None if grad_x is None else (grad_x.transpose(0, 1) if batch_first else grad_x)
+    grad_input_weight = torch.zeros_like(input_weight)
+    grad_gate_weight = torch.zeros_like(gate_weight)
+    grad_gate_bias = torch.zeros_like(gate_bias)
+    h0_step = step_view(h0)
+    carry = torch.zeros_like(h0_step, memory_format=torch.contiguous_format)
+    k = chunk_size(steps, hidden, batch, out.element_size())
+    # Reused per-chunk buffers: dL/dz, dL/da and (when kept per step) the candidates, for the
+    # chunk's weight-gradient products.
+    grad_z_buf, grad_a_buf = out.new_empty((k, *carry.shape)), out.new_empty((k, *carry.shape))
+    c_buf = out.new_empty((k, *carry.shape)) if per_step else None
+    for stop in range(steps, 0, -k):
+        start = max(0, stop - k)
+        grad_z, grad_a = grad_z_buf[: stop - start], grad_a_buf[: stop - start]
+        if c_buf is not None:
+            c, step_c, step_g = c_buf[: stop - start], candidates[start:stop], gates[start:stop]
+        elif forward_ops is not None:  # checkpointed: recompute this chunk's candidates and gates
+            c, g = _recompute(seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec, forward)
+            step_c, step_g = c.unbind(0), g.unbind(0)
+        else:
+            raise RuntimeError("esgp_layer: neither saved nor recomputable candidates")
+        c_steps, grad_z_steps, grad_a_steps = c.unbind(0), grad_z.unbind(0), grad_a.unbind(0)
+        for t in range(stop - 1, start - 1, -1):
+            i = t - start
+            grad_t = grad_steps[t]
+            h_prev = state_steps[t - 1] if t > 0 else h0_step
+            if spec.compiled:  # their strides depend on T: copies keep one compiled graph for all T
+                grad_t, h_prev = grad_t.contiguous(), h_prev.contiguous()
+            carry = backward(grad_t, carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i])
+            if per_step:
+                c_steps[i].copy_(step_c[i])  # while it is in cache
+        x_chunk = seq[start:stop]  # (K, B, I)
+        if grad_x_seq is not None:
+            grad_x_seq[start:stop] = torch.matmul(step_view(grad_a), input_weight)
+        grad_input_weight += torch.tensordot(grad_a, x_chunk, dims=([0, batch_dim], [0, 1]))
+        if spec.gate == "dense":
+            grad_gate_weight += torch.tensordot(grad_z, c, dims=([0, batch_dim], [0, batch_dim]))
+        elif spec.gate == "diagonal":
+            grad_gate_weight += (grad_z * c).sum((0, batch_dim))
+        elif spec.gate_csr is not None:
+            rows_zb = grad_z.permute(1, 0, 2).reshape(hidden, -1)  # (H, K*B)
+            cols_bc = c.permute(0, 2, 1).reshape(-1, hidden)  # (K*B, H)
+            grad_gate_weight += csr_sampled_matmul(spec.gate_csr.crow, spec.gate_csr.col, rows_zb, cols_bc)
+        else:
+            raise ValueError("esgp_layer: expected spec.gate_csr for a sparse gate, got None")
+        grad_gate_bias += grad_z.sum((0, batch_dim))
+    grad_h0 = carry if rows else carry.t()
+    return grad_x, grad_h0, grad_input_weight, grad_gate_weight, grad_gate_bias
+
+
+def _raise_on_double_backward(grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+    """As torch.autograd.function.once_differentiable, with a message that says what to do: under
+    ``create_graph=True`` the gradients get a node that raises if anything differentiates through
+    them (grad mode is on in a backward only then)."""
+    transformed = torch._C._functorch.peek_interpreter_stack() is not None  # torch.func.grad & co.
+    if transformed or not torch.is_grad_enabled():
+        return grads
+    present = [g for g in grads if g is not None]
+    error = torch._C._functions.DelayedError(_DOUBLE_BACKWARD.encode(), len(present))
+    raised = iter(error(*[g.detach().requires_grad_(True) for g in present]))
+    return tuple(None if g is None else next(raised) for g in grads)
+
+
 class _ESGPLayer(torch.autograd.Function):
-    """Outputs: the states, then (with ``keep`` and without ``checkpoint``) every step's candidate
-    and gate block, which the backward needs and nobody differentiates. Forward and
+    """The eager layer. Outputs: the states, then (with ``keep`` and without ``checkpoint``) every
+    step's candidate and gate block as separate tensors, which the backward needs and nobody
+    differentiates: separate blocks are reused by the allocator from one call to the next, where one
+    fresh (T, H, B) block costs page faults worth a tanh over it (H=128, B=128, T=784). Forward and
     ``setup_context`` apart, so that torch.func (``grad``, ``functional_call``) can run it."""
 
     @staticmethod
@@ -216,38 +361,16 @@ class _ESGPLayer(torch.autograd.Function):
         keep: bool,
         checkpoint: bool,
     ) -> tuple[Tensor, ...]:
-        # x is (B, T, I) if batch_first else (T, B, I); `seq` views it time-major either way.
-        seq = x.transpose(0, 1) if batch_first else x
-        steps, batch, _ = seq.shape
-        hidden = input_weight.shape[0]
-        rows = spec.rows
-        forward, _ = _steps(spec, x)
-        ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
-        out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
-        out_seq = out.transpose(0, 1) if batch_first else out
+        steps = x.shape[1 if batch_first else 0]
+        block = _block(spec, x.shape[0 if batch_first else 1], input_weight.shape[0])
         # `keep`: a backward will follow. Without one (or with `checkpoint`, whose backward recomputes
         # them), a single scratch block of candidates and gates suffices.
         save_steps = keep and not checkpoint
-        candidates: list[Tensor] = []
-        gates: list[Tensor] = []
-        k = chunk_size(steps, hidden, batch, x.element_size())
-        block = (batch, hidden) if rows else (hidden, batch)
-        # Reused buffers: the input projection of a chunk, and the state ping-ponging between two.
-        projection = x.new_empty((k, *block))
-        buffers = (x.new_empty(block), x.new_empty(block))
-        h = buffers[1].copy_(h0 if rows else h0.t())
-        out_steps = (out_seq if rows else out_seq.transpose(1, 2)).unbind(0)  # step-layout views
-        for start in range(0, steps, k):
-            x_chunk = seq[start : start + k]  # (K, B, I)
-            inputs = _project(x_chunk, input_weight, rows, out=projection[: x_chunk.shape[0]])
-            for t, u in enumerate(inputs.unbind(0), start):
-                if save_steps or not candidates:
-                    candidates.append(torch.empty_like(u))
-                    gates.append(torch.empty_like(u))
-                h_next = buffers[t % 2]
-                forward(u, h, ops, spec, h_next, candidates[-1], gates[-1])
-                out_steps[t].copy_(h_next)
-                h = h_next
+        count = steps if save_steps else 1
+        candidates = [x.new_empty(block) for _ in range(count)]
+        gates = [x.new_empty(block) for _ in range(count)]
+        args = (x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first)
+        out = _forward(*args, candidates, gates)
         return (out, *candidates, *gates) if save_steps else (out,)
 
     @staticmethod
@@ -263,89 +386,224 @@ class _ESGPLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor | None, *_per_step: None) -> tuple[Tensor | None, ...]:
-        with torch.no_grad():
-            grads = _ESGPLayer._backward(ctx, grad_out)
-        transformed = torch._C._functorch.peek_interpreter_stack() is not None  # torch.func.grad & co.
-        if transformed or not torch.is_grad_enabled():  # grad mode is on here only under create_graph=True
-            return grads
-        # As torch.autograd.function.once_differentiable, with a message that says what to do: the
-        # gradients get a node that raises if anything differentiates through them.
-        present = [g for g in grads if g is not None]
-        error = torch._C._functions.DelayedError(_DOUBLE_BACKWARD.encode(), len(present))
-        raised = iter(error(*[g.detach().requires_grad_(True) for g in present]))
-        return tuple(None if g is None else next(raised) for g in grads)
-
-    @staticmethod
-    def _backward(ctx: Any, grad_out: Tensor | None) -> tuple[Tensor | None, ...]:
         x, h0, input_weight, recurrent, gate_weight, gate_bias, out, *per_step = ctx.saved_tensors
         if grad_out is None:  # only the (non-differentiable) per-step blocks reached a loss
             return (None,) * 10
-        spec: LayerSpec = ctx.spec
-        rows = spec.rows
-        candidates, gates = per_step[: len(per_step) // 2], per_step[len(per_step) // 2 :]
-        if ctx.batch_first:
-            seq, out_seq, grad_seq = x.transpose(0, 1), out.transpose(0, 1), grad_out.transpose(0, 1)
-        else:
-            seq, out_seq, grad_seq = x, out, grad_out
-        steps, batch, hidden = out_seq.shape
-        forward, backward = _steps(spec, out)
-        ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=True)
-        forward_ops = None if per_step else _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
-        step_view = (lambda a: a) if rows else (lambda a: a.transpose(-1, -2))  # (.., B, H) -> step layout
-        batch_dim = 1 if rows else 2  # of a (K, ., .) chunk in the step layout
-        grad_steps, state_steps = step_view(grad_seq).unbind(0), step_view(out_seq).unbind(0)
+        half = len(per_step) // 2
+        with torch.no_grad():
+            grad_x, grad_h0, grad_input_weight, grad_gate_weight, grad_gate_bias = _backward(
+                grad_out,
+                x,
+                h0,
+                input_weight,
+                recurrent,
+                gate_weight,
+                gate_bias,
+                out,
+                per_step[:half],
+                per_step[half:],
+                ctx.spec,
+                ctx.batch_first,
+                ctx.needs_input_grad[0],
+            )
+        grads = _raise_on_double_backward((grad_x, grad_h0, grad_input_weight, grad_gate_weight, grad_gate_bias))
+        return (*grads[:3], None, *grads[3:], None, None, None, None)
 
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_x_seq = None if grad_x is None else (grad_x.transpose(0, 1) if ctx.batch_first else grad_x)
-        grad_input_weight = torch.zeros_like(input_weight)
-        grad_gate_weight = torch.zeros_like(gate_weight)
-        grad_gate_bias = torch.zeros_like(gate_bias)
-        h0_step = step_view(h0)
-        carry = torch.zeros_like(h0_step, memory_format=torch.contiguous_format)
-        k = chunk_size(steps, hidden, batch, out.element_size())
-        # Reused per-chunk buffers: dL/dz, dL/da and (when kept per step) the candidates, for the
-        # chunk's weight-gradient products.
-        grad_z_buf, grad_a_buf = out.new_empty((k, *carry.shape)), out.new_empty((k, *carry.shape))
-        c_buf = out.new_empty((k, *carry.shape)) if per_step else None
-        for stop in range(steps, 0, -k):
-            start = max(0, stop - k)
-            grad_z, grad_a = grad_z_buf[: stop - start], grad_a_buf[: stop - start]
-            if c_buf is not None:
-                c, step_c, step_g = c_buf[: stop - start], candidates[start:stop], gates[start:stop]
-            elif forward_ops is not None:  # checkpointed: recompute this chunk's candidates and gates
-                c, g = _recompute(seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec, forward)
-                step_c, step_g = c.unbind(0), g.unbind(0)
-            else:
-                raise RuntimeError("esgp_layer: neither saved nor recomputable candidates")
-            c_steps, grad_z_steps, grad_a_steps = c.unbind(0), grad_z.unbind(0), grad_a.unbind(0)
-            for t in range(stop - 1, start - 1, -1):
-                i = t - start
-                grad_t = grad_steps[t]
-                h_prev = state_steps[t - 1] if t > 0 else h0_step
-                if spec.compiled:  # their strides depend on T: copies keep one compiled graph for all T
-                    grad_t, h_prev = grad_t.contiguous(), h_prev.contiguous()
-                carry = backward(
-                    grad_t, carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i]
-                )
-                if per_step:
-                    c_steps[i].copy_(step_c[i])  # while it is in cache
-            x_chunk = seq[start:stop]  # (K, B, I)
-            if grad_x_seq is not None:
-                grad_x_seq[start:stop] = torch.matmul(step_view(grad_a), input_weight)
-            grad_input_weight += torch.tensordot(grad_a, x_chunk, dims=([0, batch_dim], [0, 1]))
-            if spec.gate == "dense":
-                grad_gate_weight += torch.tensordot(grad_z, c, dims=([0, batch_dim], [0, batch_dim]))
-            elif spec.gate == "diagonal":
-                grad_gate_weight += (grad_z * c).sum((0, batch_dim))
-            elif spec.gate_csr is not None:
-                rows_zb = grad_z.permute(1, 0, 2).reshape(hidden, -1)  # (H, K*B)
-                cols_bc = c.permute(0, 2, 1).reshape(-1, hidden)  # (K*B, H)
-                grad_gate_weight += csr_sampled_matmul(spec.gate_csr.crow, spec.gate_csr.col, rows_zb, cols_bc)
-            else:
-                raise ValueError("esgp_layer: expected spec.gate_csr for a sparse gate, got None")
-            grad_gate_bias += grad_z.sum((0, batch_dim))
-        grad_h0 = carry if rows else carry.t()
-        return grad_x, grad_h0, grad_input_weight, None, grad_gate_weight, grad_gate_bias, None, None, None, None
+
+# ---------------------------------------------------------------------------------- the traced layer
+# Under torch.compile and torch.export the layer is one custom op (and its backward another), so the
+# graph holds one opaque node per layer whatever T is, and a new T does not compile again. The
+# candidates and gates travel as one (T, *block) tensor each, since a custom op has a fixed number
+# of outputs; the eager layer above keeps them as separate blocks, which is faster (see _ESGPLayer).
+
+
+def _spec_from(
+    recurrent_pattern: Sequence[Tensor], gate: str, gate_pattern: Sequence[Tensor], compiled: bool
+) -> LayerSpec:
+    if gate not in GATES:
+        raise ValueError(f"esgp_layer: expected gate in {GATES}, got {gate!r}")
+    recurrent_csr = CSR(*recurrent_pattern) if recurrent_pattern else None
+    gate_csr = CSR(*gate_pattern) if gate_pattern else None
+    return LayerSpec(recurrent_csr, gate, gate_csr, compiled)
+
+
+@torch.library.custom_op("esgp_sparse::esgp_layer", mutates_args=())
+def _layer_op(
+    x: Tensor,
+    h0: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    recurrent_pattern: list[Tensor],
+    gate: str,
+    gate_pattern: list[Tensor],
+    compiled: bool,
+    batch_first: bool,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The states, and (with ``save``) every step's candidates and gates as (T, *block) tensors."""
+    spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
+    steps = x.shape[1 if batch_first else 0]
+    block = _block(spec, x.shape[0 if batch_first else 1], input_weight.shape[0])
+    candidates = x.new_empty((steps if save else 1, *block))
+    gates = torch.empty_like(candidates)
+    out = _forward(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, candidates, gates)
+    if not save:
+        return out, x.new_empty(0), x.new_empty(0)
+    return out, candidates, gates
+
+
+@_layer_op.register_fake
+def _(
+    x: Tensor,
+    h0: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    recurrent_pattern: list[Tensor],
+    gate: str,
+    gate_pattern: list[Tensor],
+    compiled: bool,
+    batch_first: bool,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
+    steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    hidden = input_weight.shape[0]
+    out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
+    if not save:
+        return out, x.new_empty(0), x.new_empty(0)
+    residual = x.new_empty((steps, *_block(spec, batch, hidden)))
+    return out, residual, torch.empty_like(residual)
+
+
+@torch.library.custom_op("esgp_sparse::esgp_layer_backward", mutates_args=())
+def _layer_backward_op(
+    grad_out: Tensor,
+    x: Tensor,
+    h0: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    out: Tensor,
+    candidates: Tensor,
+    gates: Tensor,
+    recurrent_pattern: list[Tensor],
+    gate: str,
+    gate_pattern: list[Tensor],
+    compiled: bool,
+    batch_first: bool,
+    input_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of x (empty unless ``input_grad``), h0, input_weight, gate_weight and gate_bias.
+    Empty ``candidates`` and ``gates`` mean a checkpointed layer (recomputed chunk by chunk)."""
+    spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
+    saved = candidates.numel() > 0
+    grad_x, *grads = _backward(
+        grad_out.contiguous(),
+        x,
+        h0,
+        input_weight,
+        recurrent,
+        gate_weight,
+        gate_bias,
+        out,
+        candidates.unbind(0) if saved else (),
+        gates.unbind(0) if saved else (),
+        spec,
+        batch_first,
+        input_grad,
+    )
+    return (x.new_empty(0) if grad_x is None else grad_x, *grads)  # type: ignore[return-value]
+
+
+@_layer_backward_op.register_fake
+def _(
+    grad_out: Tensor,
+    x: Tensor,
+    h0: Tensor,
+    input_weight: Tensor,
+    recurrent: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    out: Tensor,
+    candidates: Tensor,
+    gates: Tensor,
+    recurrent_pattern: list[Tensor],
+    gate: str,
+    gate_pattern: list[Tensor],
+    compiled: bool,
+    batch_first: bool,
+    input_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grad_x = torch.empty_like(x) if input_grad else x.new_empty(0)
+    return (
+        grad_x,
+        torch.empty_like(h0),
+        torch.empty_like(input_weight),
+        torch.empty_like(gate_weight),
+        torch.empty_like(gate_bias),
+    )
+
+
+def _layer_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+    x, h0, input_weight, recurrent, gate_weight, gate_bias, recurrent_pattern, gate, gate_pattern, compiled, bf, _ = (
+        inputs
+    )
+    out, candidates, gates = output
+    ctx.mark_non_differentiable(candidates, gates)
+    ctx.set_materialize_grads(False)
+    ctx.layer = (gate, compiled, bf, len(recurrent_pattern))
+    ctx.save_for_backward(
+        x,
+        h0,
+        input_weight,
+        recurrent,
+        gate_weight,
+        gate_bias,
+        out,
+        candidates,
+        gates,
+        *recurrent_pattern,
+        *gate_pattern,
+    )
+
+
+def _layer_op_backward(ctx: Any, grad_out: Tensor | None, *_residuals: None) -> tuple[Any, ...]:
+    gate, compiled, batch_first, n_recurrent = ctx.layer
+    x, h0, input_weight, recurrent, gate_weight, gate_bias, out, candidates, gates, *patterns = ctx.saved_tensors
+    # A gradient per input, with one per element of the pattern lists (all None).
+    recurrent_pattern, gate_pattern = patterns[:n_recurrent], patterns[n_recurrent:]
+    no_patterns = ([None] * len(recurrent_pattern), None, [None] * len(gate_pattern), None, None, None)
+    if grad_out is None:
+        return (None,) * 6 + no_patterns
+    grad_x, grad_h0, grad_input_weight, grad_gate_weight, grad_gate_bias = _layer_backward_op(
+        grad_out,
+        x,
+        h0,
+        input_weight,
+        recurrent,
+        gate_weight,
+        gate_bias,
+        out,
+        candidates,
+        gates,
+        recurrent_pattern,
+        gate,
+        gate_pattern,
+        compiled,
+        batch_first,
+        ctx.needs_input_grad[0],
+    )
+    present = grad_x if ctx.needs_input_grad[0] else None
+    grads = _raise_on_double_backward((present, grad_h0, grad_input_weight, grad_gate_weight, grad_gate_bias))
+    return (*grads[:3], None, *grads[3:], *no_patterns)
+
+
+_layer_op.register_autograd(_layer_op_backward, setup_context=_layer_op_setup)
 
 
 def _recompute(
@@ -402,6 +660,31 @@ def esgp_layer(
     if recurrent.requires_grad:
         raise ValueError("esgp_layer: expected a fixed reservoir, got recurrent.requires_grad=True")
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias))
+    if torch.onnx.is_in_onnx_export():  # ONNX has no CSR product and no custom op: see ops/scan.py
+        from .scan import scan_layer
+
+        return scan_layer(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first)
+    if torch.compiler.is_compiling():  # torch.compile or torch.export: one opaque node per layer
+        # An exported program is mostly for inference: it keeps no per-step residuals, and a backward
+        # through it still works, recomputing them as with `checkpoint`.
+        save = keep and not checkpoint and not torch.compiler.is_exporting()
+        recurrent_pattern = list(spec.recurrent_csr) if spec.recurrent_csr is not None else []
+        gate_pattern = list(spec.gate_csr) if spec.gate_csr is not None else []
+        out, _, _ = _layer_op(
+            x,
+            h0,
+            input_weight,
+            recurrent,
+            gate_weight,
+            gate_bias,
+            recurrent_pattern,
+            spec.gate,
+            gate_pattern,
+            spec.compiled,
+            batch_first,
+            save,
+        )
+        return out
     outputs = _ESGPLayer.apply(
         x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, keep, checkpoint
     )

@@ -127,3 +127,38 @@ def test_layer_on_cuda_matches_cpu(gate, path):
         results.append([out, *torch.autograd.grad(out.square().sum(), list(p.values()))])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-7, atol=1e-9)
+
+
+def run_layer_op(p, recurrent, spec, save, batch_first=False):
+    """The layer as torch.compile and torch.export see it: the ``esgp_sparse::esgp_layer`` op."""
+    x = p["x"].transpose(0, 1) if batch_first else p["x"]
+    args = (x, p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"])
+    patterns = [list(csr) if csr is not None else [] for csr in (spec.recurrent_csr, spec.gate_csr)]
+    return args, (patterns[0], spec.gate, patterns[1], False, batch_first, save)
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["residuals-kept", "recomputed"])
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
+def test_layer_op_equals_naive_outputs_and_all_gradients(gate, path, save, monkeypatch):
+    """The custom op that torch.compile and torch.export capture, with and without its residuals
+    (without them the backward recomputes them, as with checkpoint), against the naive twin."""
+    monkeypatch.setattr(sequence, "CHUNK_BYTES", 4 * H * B * 8)
+    p, recurrent, spec, dense, gate_dense = problem(gate, path)
+    ref = naive_layer(p["x"], p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
+    args, rest = run_layer_op(p, recurrent, spec, save, batch_first=True)
+    out, candidates, gates = torch.ops.esgp_sparse.esgp_layer(*args, *rest)
+    assert candidates.shape[0] == (T if save else 0)
+    torch.testing.assert_close(out.transpose(0, 1), ref, **TOL[torch.float64])
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out.transpose(0, 1), list(p.values()), grad)
+    want = torch.autograd.grad(ref, list(p.values()), grad)
+    for name, g, w in zip(p, got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+@pytest.mark.parametrize("gate, path", [("dense", "dense"), ("sparse", "sparse")], ids=["dense", "sparse"])
+def test_layer_op_registrations(gate, path):
+    """torch.library.opcheck: schema, fake (meta) shapes, autograd registration, AOT dispatch."""
+    p, recurrent, spec, *_ = problem(gate, path)
+    args, rest = run_layer_op(p, recurrent, spec, save=True)
+    torch.library.opcheck(torch.ops.esgp_sparse.esgp_layer.default, (*args, *rest))
