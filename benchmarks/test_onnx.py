@@ -4,7 +4,7 @@
 
 Shapes: small, the original's sequential-MNIST setting (I=1, H=128, T=784, B=128, sparsity 0.1, dense
 gate, dense path); large, I=64, H=4096, T=100, B=32, sparsity 0.01 with the sparse gate (sparse
-path, where ONNX computes each CSR product as a gather and a scatter-add).
+path, where ONNX computes each CSR product as a gather, a running sum and a difference).
 """
 
 from __future__ import annotations
@@ -63,5 +63,12 @@ def test_inference(benchmark, exported, shape, runtime):
 
     torch.testing.assert_close(run(), reference, rtol=1e-4, atol=1e-4)  # checked once before timing
     benchmark.group = f"inference-{shape}"
-    benchmark.extra_info.update(shape=shape, runtime=runtime, path=model.cells[0].path, **s)
+    benchmark.extra_info.update(
+        shape=shape,
+        runtime=runtime,
+        path=model.cells[0].path,
+        onnxruntime=ort.__version__,
+        torch=torch.__version__,
+        **s,
+    )
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)

@@ -6,7 +6,8 @@
 Shapes: the original's sequential-MNIST setting (I=1, H=128, T=784, B=128, sparsity 0.1), and
 I=64, T=100, B=32, sparsity 0.01 at H=1024 and H=4096. ``esgp_sparse`` is the published model (dense
 gate, ``path="auto"``); ``esgp_sparse-sparse-gate`` swaps in the learned sparse gate; ``-bf16``
-is the same model in bfloat16 (inputs and target too), ``-compiled`` with ``compile=True``.
+is the same model in bfloat16 (inputs and target too), ``-compiled`` with ``compile=True``. H256 is
+the sMNIST setting at H=256, B=64 (the sparse path: CSR from H=256 at this density).
 """
 
 from __future__ import annotations
@@ -22,10 +23,19 @@ esgp = pytest.importorskip("esgp", reason="the original package comes with the b
 
 SHAPES = {
     "smnist": dict(input_size=1, hidden=128, steps=784, batch=128, sparsity=0.1),
+    "H256": dict(input_size=1, hidden=256, steps=784, batch=64, sparsity=0.1),
     "H1024": dict(input_size=64, hidden=1024, steps=100, batch=32, sparsity=0.01),
     "H4096": dict(input_size=64, hidden=4096, steps=100, batch=32, sparsity=0.01),
 }
-MODELS = ["esgp_sparse", "esgp_sparse-sparse-gate", "esgp_sparse-compiled", "original", "gru", "lstm"]
+MODELS = [
+    "esgp_sparse",
+    "esgp_sparse-sparse-gate",
+    "esgp_sparse-compiled",
+    "esgp_sparse-sparse-gate-compiled",
+    "original",
+    "gru",
+    "lstm",
+]
 QUICK = {
     ("smnist", "esgp_sparse"),
     ("smnist", "original"),
@@ -47,6 +57,8 @@ def build(model: str, s: dict) -> nn.Module:
         return ESGP(i, h, sparsity=s["sparsity"], seed=0, gate="sparse")
     if model == "esgp_sparse-compiled":
         return ESGP(i, h, sparsity=s["sparsity"], seed=0, compile=True)
+    if model == "esgp_sparse-sparse-gate-compiled":
+        return ESGP(i, h, sparsity=s["sparsity"], seed=0, gate="sparse", compile=True)
     if model == "original":
         return esgp.ESGP(i, h, sparsity=s["sparsity"])
     return {"gru": nn.GRU, "lstm": nn.LSTM}[model](i, h, batch_first=True)
@@ -89,7 +101,7 @@ def test_train_step(benchmark, shape, model, device):
     if device == "cuda":
         info.update(peak_mib=cuda_peak_mib(step))
     elif (
-        model != "esgp_sparse-compiled" and model not in BF16
+        not model.endswith("-compiled") and model not in BF16
     ):  # a fresh process builds and steps the same model (no compile)
         kind = {"esgp_sparse": ("esgp_sparse", "dense"), "esgp_sparse-sparse-gate": ("esgp_sparse", "sparse")}
         name, gate = kind.get(model, (model, None))
@@ -107,5 +119,5 @@ def test_train_step(benchmark, shape, model, device):
             )
         )
     benchmark.extra_info.update(info)
-    rounds = {"smnist": 5, "H1024": 3, "H4096": 2}[shape]
+    rounds = {"smnist": 5, "H256": 5, "H1024": 3, "H4096": 2}[shape]
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)

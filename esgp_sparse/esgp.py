@@ -50,9 +50,9 @@ class ESGP(FixedBuffers):
         dropout: probability of dropout on the outputs of every layer but the last, in [0, 1].
         seed: seed of the whole stack (layer ``l`` draws from a sub-stream of it); ``None`` draws one
             from torch's global generator.
-        compile: run each layer's per-step kernels through ``torch.compile`` (never unrolled over
-            time; one compiled step per dtype, device type, layout and gate, with dynamic shapes,
-            shared by every model in the process).
+        compile: run each layer's steps through Inductor 16 at a time (see
+            :mod:`esgp_sparse.ops.chunked`; the compiled functions are shared by every model in the
+            process, with dynamic shapes); the first call compiles (about 20 s on a 2-core CPU).
         checkpoint: keep only the states for the backward (4 bytes per unit and step in float32, the
             output itself) instead of states, candidates and gates (12 bytes), and recompute the
             candidates and gates chunk by chunk in the backward: about one more forward pass, for

@@ -55,8 +55,8 @@ ONNX_EXTRA = "ONNX export needs the onnx extra: pip install -e '.[onnx]'"
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(num_layers=2), dict(gate="sparse", path="sparse", bidirectional=True)],
-    ids=["dense-path-2-layers", "sparse-path-sparse-gate-bidirectional"],
+    [dict(num_layers=2), dict(gate="diagonal", path="sparse"), dict(gate="sparse", path="sparse", bidirectional=True)],
+    ids=["dense-path-2-layers", "sparse-path-diagonal-gate", "sparse-path-sparse-gate-bidirectional"],
 )
 def test_onnx_file_runs_at_other_lengths(kwargs, tmp_path):
     """``torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=...)`` with nothing turned off

@@ -18,13 +18,13 @@ Reference twin: :func:`esgp_sparse.ops.naive.naive_layer`.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from . import chunked
 from .sparse import CSR, csr_matmul, csr_sampled_matmul
 
 GateKind = Literal["dense", "diagonal", "sparse"]
@@ -42,8 +42,8 @@ class LayerSpec(NamedTuple):
         gate: ``"dense"`` (gate_weight (H, H)), ``"diagonal"`` (gate_weight (H,)) or ``"sparse"``
             (gate_weight holds the values on ``gate_csr``).
         gate_csr: the sparse gate's pattern, else None.
-        compiled: run the per-step kernels through ``torch.compile`` (never unrolled over time; see
-            ``_COMPILED`` for what compiles again).
+        compiled: run the steps through Inductor, :data:`esgp_sparse.ops.chunked.STEPS` at a time
+            (see :mod:`esgp_sparse.ops.chunked`).
     """
 
     recurrent_csr: CSR | None
@@ -153,30 +153,24 @@ def backward_step(
     return _matmul_add_(grad_kept, grad_a_out, ops.recurrent, spec.recurrent_csr, rows, True)
 
 
-#: One compiled function per (step, dtype, device type, layout, gate, CSR or not). Dynamo keeps its
-#: compiled graphs, and counts recompiles against ``torch._dynamo.config.recompile_limit`` (8), per
-#: code object: a single compiled step shared by every model in a process failed at the ninth shape
-#: or dtype. Each key gets its own copy of the step's code object, compiled with dynamic shapes, so
-#: batch sizes, lengths and nnz share one graph and the keys never share a budget; a new hidden size
-#: compiles the forward step again (it specialises on H), and past the limit Dynamo runs the step
-#: eagerly rather than failing (tests/test_compile.py runs ten hidden sizes).
-_COMPILED: dict[tuple[object, ...], Callable[..., Any]] = {}
+def _work_steps(spec: LayerSpec, steps: int, hidden: int, batch: int, element_size: int) -> int:
+    """Steps per work chunk: :data:`esgp_sparse.ops.chunked.STEPS` when compiled, else
+    :func:`chunk_size`'s."""
+    return chunked.STEPS if spec.compiled else chunk_size(steps, hidden, batch, element_size)
 
 
-def _compiled(step: Callable[..., Any], key: tuple[object, ...]) -> Callable[..., Any]:
-    full_key = (step.__name__,) + key
-    compiled = _COMPILED.get(full_key)
-    if compiled is None:
-        copy = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__)
-        compiled = _COMPILED[full_key] = torch.compile(copy, dynamic=True)
-    return compiled
+def _chunk_fns(spec: LayerSpec, like: Tensor) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    key = (like.dtype, like.device.type, spec.rows, spec.gate, spec.recurrent_csr is not None)
+    return chunked.compiled(chunked.forward_chunk, key), chunked.compiled(chunked.backward_chunk, key)
 
 
-def _steps(spec: LayerSpec, like: Tensor) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    if spec.compiled:
-        key = (like.dtype, like.device.type, spec.rows, spec.gate, spec.recurrent_csr is not None)
-        return _compiled(forward_step, key), _compiled(backward_step, key)
-    return forward_step, backward_step
+def _chunk_operands(ops: Operands, spec: LayerSpec, backward: bool) -> tuple[Any, ...]:
+    """``ops`` as :func:`esgp_sparse.ops.chunked.forward_chunk` and ``backward_chunk`` take them."""
+
+    def pattern(csr: CSR | None) -> list[Tensor]:
+        return [] if csr is None else ([csr.crow_t, csr.col_t] if backward else [csr.crow, csr.col])
+
+    return ops.recurrent, pattern(spec.recurrent_csr), ops.gate, pattern(spec.gate_csr)
 
 
 def _project(x_chunk: Tensor, input_weight: Tensor, rows: bool, out: Tensor | None = None) -> Tensor:
@@ -202,6 +196,32 @@ def _block(spec: LayerSpec, batch: int, hidden: int) -> tuple[int, int]:
     return (batch, hidden) if spec.rows else (hidden, batch)
 
 
+def _chunks(steps: int, k: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` of each work chunk; the forward and the backward share them, so that a
+    chunk of residuals written by one is read whole by the other."""
+    return [(start, min(start + k, steps)) for start in range(0, steps, k)]
+
+
+#: Every kept step block starts at a multiple of this many bytes, as a block of its own would: MKL's
+#: GEMM may round differently for operands aligned differently, and the candidates kept for the
+#: backward, the scratch block used without one and the recomputed ones must give the same states.
+ALIGN_BYTES = 64
+
+
+def _step_storage(steps: int, block: tuple[int, int], like: Tensor) -> Tensor:
+    """Room for ``steps`` blocks, one per row of a (steps, stride) tensor, each aligned."""
+    unit = max(1, ALIGN_BYTES // like.element_size())
+    numel = block[0] * block[1]
+    storage = like.new_empty((steps, -(-numel // unit) * unit))
+    storage[:, numel:].zero_()  # the padding, never read, is not left uninitialised either
+    return storage
+
+
+def _step_blocks(storage: Tensor, block: tuple[int, int]) -> Tensor:
+    """The (steps, *block) view of :func:`_step_storage`'s rows (contiguous when unpadded)."""
+    return storage[:, : block[0] * block[1]].view(storage.shape[0], *block)
+
+
 def _forward(
     x: Tensor,
     h0: Tensor,
@@ -211,36 +231,66 @@ def _forward(
     gate_bias: Tensor,
     spec: LayerSpec,
     batch_first: bool,
-    candidates: Sequence[Tensor] | Tensor,
-    gates: Sequence[Tensor] | Tensor,
+    candidates: Sequence[Tensor],
+    gates: Sequence[Tensor],
 ) -> Tensor:
-    """The states (B, T, H) or (T, B, H); step t's candidate and gate block are written to
-    ``candidates[t]`` and ``gates[t]``, or all to ``candidates[0]`` and ``gates[0]`` (scratch) when
-    the sequences hold one block each."""
+    """The states (B, T, H) or (T, B, H). With one :func:`_step_storage` per chunk in
+    ``candidates`` and ``gates``, every step's candidate and gate block are kept there; with none,
+    they go to a scratch block."""
     # x is (B, T, I) if batch_first else (T, B, I); `seq` views it time-major either way.
     seq = x.transpose(0, 1) if batch_first else x
     steps, batch, _ = seq.shape
     hidden = input_weight.shape[0]
     rows = spec.rows
-    forward, _ = _steps(spec, x)
     ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
     out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
     out_seq = out.transpose(0, 1) if batch_first else out
-    k = chunk_size(steps, hidden, batch, x.element_size())
+    k = _work_steps(spec, steps, hidden, batch, x.element_size())
     block = _block(spec, batch, hidden)
-    # Reused buffers: the input projection of a chunk, and the state ping-ponging between two.
-    projection = x.new_empty((k, *block))
+    projection = x.new_empty((k, *block))  # reused: the input projection of a chunk
+    out_block = out_seq if rows else out_seq.transpose(1, 2)  # (T, *block): the step layout
+    out_steps = out_block.unbind(0)
+    # In the rows layout each step writes its state straight into the output and the next reads it
+    # there (a GEMM takes any row stride). In the cols layout (a transposed view of the output) the
+    # state ping-pongs between two contiguous buffers and is copied out.
+    direct = rows
     buffers = (x.new_empty(block), x.new_empty(block))
-    h = buffers[1].copy_(h0 if rows else h0.t())
-    out_steps = (out_seq if rows else out_seq.transpose(1, 2)).unbind(0)  # step-layout views
-    for start in range(0, steps, k):
-        x_chunk = seq[start : start + k]  # (K, B, I)
-        inputs = _project(x_chunk, input_weight, rows, out=projection[: x_chunk.shape[0]])
-        for t, u in enumerate(inputs.unbind(0), start):
-            h_next = buffers[t % 2]
-            i = t if len(candidates) == steps else 0
-            forward(u, h, ops, spec, h_next, candidates[i], gates[i])
-            out_steps[t].copy_(h_next)
+    h = h0 if direct else buffers[1].copy_(h0 if rows else h0.t())
+    scratch = (x.new_empty(block), x.new_empty(block))
+    forward_chunk = _chunk_fns(spec, x)[0] if spec.compiled else None
+    for chunk, (start, stop) in enumerate(_chunks(steps, k)):
+        # The whole buffer for a whole chunk: a compiled chunk's graph depends on whether its input is
+        # a view (and of what).
+        inputs = _project(
+            seq[start:stop], input_weight, rows, out=projection if stop - start == k else projection[: stop - start]
+        )
+        kept_blocks = (
+            (_step_blocks(candidates[chunk], block), _step_blocks(gates[chunk], block)) if candidates else None
+        )
+        if forward_chunk is not None and stop - start == k:  # a whole compiled chunk
+            torch._dynamo.mark_static(inputs, 0)  # else a batch size equal to k would share its symbol
+            states, chunk_candidates, chunk_gates = forward_chunk(
+                h.clone(memory_format=torch.contiguous_format),  # never a view: see _backward
+                inputs,
+                *_chunk_operands(ops, spec, False),
+                ops.bias,
+                spec.gate == "diagonal",
+                rows,
+            )
+            out_block[start:stop].copy_(states)
+            if kept_blocks is not None:
+                kept_blocks[0].copy_(chunk_candidates)
+                kept_blocks[1].copy_(chunk_gates)
+            h = out_steps[stop - 1] if direct else buffers[(stop - 1) % 2].copy_(states[-1])
+            continue
+        kept = (kept_blocks[0].unbind(0), kept_blocks[1].unbind(0)) if kept_blocks is not None else None
+        for i, u in enumerate(inputs.unbind(0)):
+            t = start + i
+            candidate, gate = (kept[0][i], kept[1][i]) if kept is not None else scratch
+            h_next = out_steps[t] if direct else buffers[t % 2]
+            forward_step(u, h, ops, spec, h_next, candidate, gate)
+            if not direct:
+                out_steps[t].copy_(h_next)
             h = h_next
     return out
 
@@ -261,8 +311,8 @@ def _backward(
     input_grad: bool,
 ) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x (None unless ``input_grad``), h0, input_weight, gate_weight and gate_bias
-    from dL/d(states). Without ``candidates`` and ``gates`` (checkpoint) the backward recomputes
-    them chunk by chunk from the states."""
+    from dL/d(states). ``candidates`` and ``gates`` are :func:`_forward`'s chunks; without them
+    (checkpoint) the backward recomputes them chunk by chunk from the states."""
     rows = spec.rows
     per_step = len(candidates) > 0
     if batch_first:
@@ -270,12 +320,12 @@ def _backward(
     else:
         seq, out_seq, grad_seq = x, out, grad_out
     steps, batch, hidden = out_seq.shape
-    forward, backward = _steps(spec, out)
     ops = _operands(recurrent, gate_weight, gate_bias, spec, backward=True)
     forward_ops = None if per_step else _operands(recurrent, gate_weight, gate_bias, spec, backward=False)
     step_view = (lambda a: a) if rows else (lambda a: a.transpose(-1, -2))  # (.., B, H) -> step layout
     batch_dim = 1 if rows else 2  # of a (K, ., .) chunk in the step layout
-    grad_steps, state_steps = step_view(grad_seq).unbind(0), step_view(out_seq).unbind(0)
+    grad_block, state_block = step_view(grad_seq), step_view(out_seq)  # (T, *block)
+    grad_steps, state_steps = grad_block.unbind(0), state_block.unbind(0)
 
     grad_x = torch.empty_like(x) if input_grad else None
     grad_x_seq = None if grad_x is None else (grad_x.transpose(0, 1) if batch_first else grad_x)
@@ -284,31 +334,48 @@ def _backward(
     grad_gate_bias = torch.zeros_like(gate_bias)
     h0_step = step_view(h0)
     carry = torch.zeros_like(h0_step, memory_format=torch.contiguous_format)
-    k = chunk_size(steps, hidden, batch, out.element_size())
-    # Reused per-chunk buffers: dL/dz, dL/da and (when kept per step) the candidates, for the
-    # chunk's weight-gradient products.
-    grad_z_buf, grad_a_buf = out.new_empty((k, *carry.shape)), out.new_empty((k, *carry.shape))
-    c_buf = out.new_empty((k, *carry.shape)) if per_step else None
-    for stop in range(steps, 0, -k):
-        start = max(0, stop - k)
+    k = _work_steps(spec, steps, hidden, batch, out.element_size())
+    # Reused per-chunk buffers: dL/dz and dL/da, for the chunk's weight-gradient products.
+    block = _block(spec, batch, hidden)
+    grad_z_buf, grad_a_buf = out.new_empty((k, *block)), out.new_empty((k, *block))
+    backward_chunk = _chunk_fns(spec, out)[1] if spec.compiled else None
+    for chunk, (start, stop) in reversed(list(enumerate(_chunks(steps, k)))):
         grad_z, grad_a = grad_z_buf[: stop - start], grad_a_buf[: stop - start]
-        if c_buf is not None:
-            c, step_c, step_g = c_buf[: stop - start], candidates[start:stop], gates[start:stop]
+        if per_step:
+            c_storage, g_storage = candidates[chunk], gates[chunk]
         elif forward_ops is not None:  # checkpointed: recompute this chunk's candidates and gates
-            c, g = _recompute(seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec, forward)
-            step_c, step_g = c.unbind(0), g.unbind(0)
+            c_storage, g_storage = _recompute(seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec)
         else:
             raise RuntimeError("esgp_layer: neither saved nor recomputable candidates")
-        c_steps, grad_z_steps, grad_a_steps = c.unbind(0), grad_z.unbind(0), grad_a.unbind(0)
-        for t in range(stop - 1, start - 1, -1):
-            i = t - start
-            grad_t = grad_steps[t]
-            h_prev = state_steps[t - 1] if t > 0 else h0_step
-            if spec.compiled:  # their strides depend on T: copies keep one compiled graph for all T
-                grad_t, h_prev = grad_t.contiguous(), h_prev.contiguous()
-            carry = backward(grad_t, carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i])
-            if per_step:
-                c_steps[i].copy_(step_c[i])  # while it is in cache
+        c, g = _step_blocks(c_storage, block), _step_blocks(g_storage, block)
+        if backward_chunk is not None and stop - start == k:  # a whole compiled chunk
+            # Fresh tensors where a view would be passed only sometimes: Dynamo guards on whether an
+            # input is a view, and would compile the chunk again.
+            if start > 0:
+                before = state_block[start - 1 : stop - 1].clone(memory_format=torch.contiguous_format)
+            else:
+                before = torch.cat([h0_step[None], state_block[: k - 1]])
+            grads = grad_block[start:stop].contiguous()
+            for chunk_tensor in (grads, c_storage, g_storage, before):
+                torch._dynamo.mark_static(chunk_tensor, 0)  # as in _forward
+            carry, grad_z, grad_a = backward_chunk(
+                carry if carry._base is None else carry.clone(),
+                grads,
+                c_storage,  # the storage, not the view c: Dynamo guards on an input's view base
+                g_storage,
+                before,
+                *_chunk_operands(ops, spec, True),
+                spec.gate == "diagonal",
+                rows,
+            )
+        else:
+            step_c, step_g, grad_z_steps, grad_a_steps = c.unbind(0), g.unbind(0), grad_z.unbind(0), grad_a.unbind(0)
+            for t in range(stop - 1, start - 1, -1):
+                i = t - start
+                h_prev = state_steps[t - 1] if t > 0 else h0_step
+                carry = backward_step(
+                    grad_steps[t], carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i]
+                )
         x_chunk = seq[start:stop]  # (K, B, I)
         if grad_x_seq is not None:
             grad_x_seq[start:stop] = torch.matmul(step_view(grad_a), input_weight)
@@ -342,11 +409,12 @@ def _raise_on_double_backward(grads: tuple[Tensor | None, ...]) -> tuple[Tensor 
 
 
 class _ESGPLayer(torch.autograd.Function):
-    """The eager layer. Outputs: the states, then (with ``keep`` and without ``checkpoint``) every
-    step's candidate and gate block as separate tensors, which the backward needs and nobody
-    differentiates: separate blocks are reused by the allocator from one call to the next, where one
-    fresh (T, H, B) block costs page faults worth a tanh over it (H=128, B=128, T=784). Forward and
-    ``setup_context`` apart, so that torch.func (``grad``, ``functional_call``) can run it."""
+    """The eager layer. Outputs: the states, then (with ``keep`` and without ``checkpoint``) the
+    candidates and gates, one (K, *block) tensor per chunk of steps, which the backward needs and
+    nobody differentiates: blocks of about ``CHUNK_BYTES`` are reused by the allocator from one call
+    to the next, where one fresh (T, H, B) block costs page faults worth a tanh over it (H=128,
+    B=128, T=784). Forward and ``setup_context`` apart, so that torch.func (``grad``,
+    ``functional_call``) can run it."""
 
     @staticmethod
     def forward(
@@ -361,17 +429,17 @@ class _ESGPLayer(torch.autograd.Function):
         keep: bool,
         checkpoint: bool,
     ) -> tuple[Tensor, ...]:
-        steps = x.shape[1 if batch_first else 0]
-        block = _block(spec, x.shape[0 if batch_first else 1], input_weight.shape[0])
+        steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+        hidden = input_weight.shape[0]
+        block = _block(spec, batch, hidden)
         # `keep`: a backward will follow. Without one (or with `checkpoint`, whose backward recomputes
-        # them), a single scratch block of candidates and gates suffices.
-        save_steps = keep and not checkpoint
-        count = steps if save_steps else 1
-        candidates = [x.new_empty(block) for _ in range(count)]
-        gates = [x.new_empty(block) for _ in range(count)]
-        args = (x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first)
-        out = _forward(*args, candidates, gates)
-        return (out, *candidates, *gates) if save_steps else (out,)
+        # them), nothing is kept.
+        k = _work_steps(spec, steps, hidden, batch, x.element_size())
+        chunks = _chunks(steps, k) if keep and not checkpoint else []
+        candidates = [_step_storage(stop - start, block, x) for start, stop in chunks]
+        gates = [_step_storage(stop - start, block, x) for start, stop in chunks]
+        out = _forward(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, candidates, gates)
+        return (out, *candidates, *gates)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -442,15 +510,19 @@ def _layer_op(
     batch_first: bool,
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The states, and (with ``save``) every step's candidates and gates as (T, *block) tensors."""
+    """The states, and (with ``save``) every step's candidates and gates, one
+    :func:`_step_storage` row per step."""
     spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
-    steps = x.shape[1 if batch_first else 0]
-    block = _block(spec, x.shape[0 if batch_first else 1], input_weight.shape[0])
-    candidates = x.new_empty((steps if save else 1, *block))
-    gates = torch.empty_like(candidates)
-    out = _forward(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, candidates, gates)
+    steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    hidden = input_weight.shape[0]
     if not save:
+        out = _forward(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, [], [])
         return out, x.new_empty(0), x.new_empty(0)
+    block = _block(spec, batch, hidden)
+    candidates, gates = _step_storage(steps, block, x), _step_storage(steps, block, x)
+    k = _work_steps(spec, steps, hidden, batch, x.element_size())
+    args = (x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first)
+    out = _forward(*args, candidates.split(k), gates.split(k))
     return out, candidates, gates
 
 
@@ -475,7 +547,7 @@ def _(
     out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
     if not save:
         return out, x.new_empty(0), x.new_empty(0)
-    residual = x.new_empty((steps, *_block(spec, batch, hidden)))
+    residual = _step_storage(steps, _block(spec, batch, hidden), x)
     return out, residual, torch.empty_like(residual)
 
 
@@ -501,6 +573,8 @@ def _layer_backward_op(
     """Gradients of x (empty unless ``input_grad``), h0, input_weight, gate_weight and gate_bias.
     Empty ``candidates`` and ``gates`` mean a checkpointed layer (recomputed chunk by chunk)."""
     spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
+    steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    k = _work_steps(spec, steps, input_weight.shape[0], batch, x.element_size())
     saved = candidates.numel() > 0
     grad_x, *grads = _backward(
         grad_out.contiguous(),
@@ -511,13 +585,16 @@ def _layer_backward_op(
         gate_weight,
         gate_bias,
         out,
-        candidates.unbind(0) if saved else (),
-        gates.unbind(0) if saved else (),
+        candidates.split(k) if saved else (),
+        gates.split(k) if saved else (),
         spec,
         batch_first,
         input_grad,
     )
-    return (x.new_empty(0) if grad_x is None else grad_x, *grads)  # type: ignore[return-value]
+    grad_h0, *weights = grads
+    # Outputs laid out as the fake says (Inductor asserts it): grad_h0 is a transposed carry on the
+    # cols layout.
+    return (x.new_empty(0) if grad_x is None else grad_x, grad_h0.contiguous(), *weights)  # type: ignore[return-value]
 
 
 @_layer_backward_op.register_fake
@@ -614,19 +691,21 @@ def _recompute(
     input_weight: Tensor,
     ops: Operands,
     spec: LayerSpec,
-    forward: Callable,
 ) -> tuple[Tensor, Tensor]:
-    """Candidates and gates of the K steps from ``start`` again, from their inputs (K, B, I) and the
-    saved states. The states are known, so the steps are independent; each runs the forward's own
-    kernel, which makes the results equal to the forward's."""
+    """Candidates and gates of the K steps from ``start`` again (as two :func:`_step_storage`), from
+    their inputs (K, B, I) and the saved states. The states are known, so the steps are independent;
+    each runs the forward's own kernel, which makes the results equal to the forward's."""
     inputs = _project(x_chunk, input_weight, spec.rows)
-    candidates, gates = torch.empty_like(inputs), torch.empty_like(inputs)
+    block = (inputs.shape[1], inputs.shape[2])
+    c_storage, g_storage = _step_storage(inputs.shape[0], block, inputs), _step_storage(inputs.shape[0], block, inputs)
+    candidates, gates = _step_blocks(c_storage, block), _step_blocks(g_storage, block)
     scratch = torch.empty_like(inputs[0])
     for i, u in enumerate(inputs.unbind(0)):
         t = start + i
         h_prev = (out_seq[t - 1] if spec.rows else out_seq[t - 1].t()) if t > 0 else h0
-        forward(u, h_prev.contiguous(), ops, spec, scratch, candidates[i], gates[i])
-    return candidates, gates
+        # As in _forward's eager steps: the rows layout reads the state where it was written.
+        forward_step(u, h_prev if spec.rows else h_prev.contiguous(), ops, spec, scratch, candidates[i], gates[i])
+    return c_storage, g_storage
 
 
 def esgp_layer(
@@ -661,6 +740,11 @@ def esgp_layer(
         raise ValueError("esgp_layer: expected a fixed reservoir, got recurrent.requires_grad=True")
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias))
     if torch.onnx.is_in_onnx_export():  # ONNX has no CSR product and no custom op: see ops/scan.py
+        if not torch.compiler.is_exporting():
+            raise RuntimeError(
+                "esgp_layer: the TorchScript-based ONNX exporter (torch.onnx.export(..., dynamo=False)) is not "
+                "supported; export with torch.onnx.export(model, args, dynamo=True)"
+            )
         from .scan import scan_layer
 
         return scan_layer(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from _testing import TOL, cuda, pattern, reservoir_tensors
 
+import esgp_sparse.ops.chunked as chunked
 import esgp_sparse.ops.sequence as sequence
 from esgp_sparse.ops import LayerSpec, csr_to_dense, esgp_cell, esgp_layer, naive_cell, naive_layer
 
@@ -62,7 +63,7 @@ def test_checkpoint_recomputes_the_same_gradients(gate, path, batch_first, monke
     out, out_checkpointed = esgp_layer(*args), esgp_layer(*args, checkpoint=True)
     assert torch.equal(out, out_checkpointed)
     assert len(out_checkpointed.grad_fn.saved_tensors) == 7  # inputs and the states, nothing per step
-    assert len(out.grad_fn.saved_tensors) == 7 + 2 * T
+    assert len(out.grad_fn.saved_tensors) == 7 + 2 * len(range(0, T, 4))  # candidates, gates per 4-step chunk
     grad = torch.randn_like(out)
     inputs = list(p.values())
     for g, w in zip(
@@ -156,9 +157,45 @@ def test_layer_op_equals_naive_outputs_and_all_gradients(gate, path, save, monke
         torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
-@pytest.mark.parametrize("gate, path", [("dense", "dense"), ("sparse", "sparse")], ids=["dense", "sparse"])
+@pytest.mark.parametrize("gate, path", [("dense", "dense"), ("sparse", "sparse")], ids=["rows", "cols"])
 def test_layer_op_registrations(gate, path):
-    """torch.library.opcheck: schema, fake (meta) shapes, autograd registration, AOT dispatch."""
+    """torch.library.opcheck of both ops, forward with and without residuals, on both step layouts:
+    schema, fake (meta) shapes and strides, autograd registration, AOT dispatch."""
     p, recurrent, spec, *_ = problem(gate, path)
-    args, rest = run_layer_op(p, recurrent, spec, save=True)
-    torch.library.opcheck(torch.ops.esgp_sparse.esgp_layer.default, (*args, *rest))
+    for save in (True, False):
+        args, rest = run_layer_op(p, recurrent, spec, save=save)
+        torch.library.opcheck(torch.ops.esgp_sparse.esgp_layer.default, (*args, *rest))
+        with torch.no_grad():
+            out, candidates, gates = torch.ops.esgp_sparse.esgp_layer(*args, *rest)
+        patterns, gate_kind, gate_patterns, compiled, batch_first, _ = rest
+        backward_args = (torch.randn_like(out), *args, out, candidates, gates)
+        backward_rest = (patterns, gate_kind, gate_patterns, compiled, batch_first, True)
+        torch.library.opcheck(
+            torch.ops.esgp_sparse.esgp_layer_backward.default,
+            tuple(a.detach() for a in backward_args) + backward_rest,
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["kept", "checkpoint"])
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
+def test_compiled_chunks_equal_naive(gate, path, checkpoint, monkeypatch):
+    """``compile=True``: whole chunks of ``chunked.STEPS`` steps through the compiled chunk functions
+    (traced with aot_eager here; tests/test_compile.py runs Inductor), the rest eagerly."""
+    monkeypatch.setattr(chunked, "BACKEND", "aot_eager")
+    monkeypatch.setattr(chunked, "STEPS", 4)  # T=11: two compiled chunks and three eager steps
+    p, recurrent, spec, dense, gate_dense = problem(gate, path)
+    spec = spec._replace(compiled=True)
+    ref = naive_layer(p["x"], p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, list(p.values()), grad)
+    for batch_first in (False, True):
+        x = p["x"].transpose(0, 1) if batch_first else p["x"]
+        args = (x, p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], spec, batch_first)
+        out = esgp_layer(*args, checkpoint=checkpoint)
+        out = out.transpose(0, 1) if batch_first else out
+        torch.testing.assert_close(out, ref, **TOL[torch.float64])
+        got = torch.autograd.grad(out, list(p.values()), grad)
+        for name, g, w in zip(p, got, want, strict=True):
+            torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m, name=name: f"d/d{name}: {m}")
+    assert any(key[0] == "forward_chunk" for key in chunked._COMPILED)
