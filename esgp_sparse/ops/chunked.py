@@ -8,9 +8,10 @@ eager kernels. Each function takes and returns whole (STEPS, *block) tensors, so
 not depend on T or on the output's strides.
 
 Measured at the sequential-MNIST shape (I=1, H=128, T=784, B=128, dense gate; train step, this
-2-core CPU; /tmp measurements in the issue 12 note): chunks of 8, 16 and 28 steps ran at 124, 120 and
-164 ms with ``cpp_wrapper``, 166, 129 and 163 ms without, against about 176 ms eager and an 87 ms
-floor for the GEMMs alone; 16 compiled in 14-20 s with an empty cache, about 2 s with a warm one.
+2-core CPU; prototypes of the layer, ``benchmarks/results/fused_step_options.jsonl``): chunks of 8,
+16 and 28 steps ran at 124, 120 and 164 ms with ``cpp_wrapper``, 166, 129 and 163 ms without,
+against about 176 ms eager and an 87 ms floor for the GEMMs alone; 16 compiled in 14-20 s with an
+empty cache, about 2 s with a warm one.
 
 Reference twin: :func:`esgp_sparse.ops.sequence.forward_step` and ``backward_step`` (the eager
 kernels), and through them :func:`esgp_sparse.ops.naive.naive_layer`.

@@ -10,9 +10,9 @@ which torch.onnx translates ``scan``), Gather and CumSum. ``W @ h`` for a CSR ``
 The forms measured for one product in onnxruntime 1.31 (H=4096, 41 per row, B=32, this 2-core CPU;
 ``python benchmarks/onnx_products.py``, ``benchmarks/results/onnx_products.jsonl``, mean of 10
 runs): this one 9.0 ms; a dense (H, H) product 3.2 ms, at H^2 memory; ``index_add`` (ScatterND with
-reduction "add") 2.8 ms, but its threads race on repeated rows: exported in a layer of 100 steps it
-gave states wrong by up to 0.13 in 4 of 8 runs, and once a single product wrong by 0.8 in 30 runs
-(by hand, this session; the recorded 200 runs happened to be right); ``scatter_add``
+reduction "add") 2.8 ms, but its threads race on repeated rows: exported in a layer of 100 steps,
+some runs gave wrong states (seen by hand, not recorded; the recorded 200 single products happened
+to be right); ``scatter_add``
 (ScatterElements) 53 ms; a running sum on a (B, H) state 36 ms.
 
 Reference twin: :func:`esgp_sparse.ops.naive.naive_layer`.

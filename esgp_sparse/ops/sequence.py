@@ -254,9 +254,9 @@ def _forward(
     # there (a GEMM takes any row stride). In the cols layout (a transposed view of the output) the
     # state ping-pongs between two contiguous buffers and is copied out.
     direct = rows
-    buffers = (x.new_empty(block), x.new_empty(block))
-    h = h0 if direct else buffers[1].copy_(h0 if rows else h0.t())
-    scratch = (x.new_empty(block), x.new_empty(block))
+    buffers: tuple[Tensor, ...] = () if direct else (x.new_empty(block), x.new_empty(block))
+    h = h0 if direct else buffers[1].copy_(h0.t())
+    scratch: tuple[Tensor, ...] = () if candidates else (x.new_empty(block), x.new_empty(block))
     forward_chunk = _chunk_fns(spec, x)[0] if spec.compiled else None
     for chunk, (start, stop) in enumerate(_chunks(steps, k)):
         # The whole buffer for a whole chunk: a compiled chunk's graph depends on whether its input is
@@ -286,7 +286,7 @@ def _forward(
         kept = (kept_blocks[0].unbind(0), kept_blocks[1].unbind(0)) if kept_blocks is not None else None
         for i, u in enumerate(inputs.unbind(0)):
             t = start + i
-            candidate, gate = (kept[0][i], kept[1][i]) if kept is not None else scratch
+            candidate, gate = (kept[0][i], kept[1][i]) if kept is not None else (scratch[0], scratch[1])
             h_next = out_steps[t] if direct else buffers[t % 2]
             forward_step(u, h, ops, spec, h_next, candidate, gate)
             if not direct:
@@ -349,8 +349,10 @@ def _backward(
             raise RuntimeError("esgp_layer: neither saved nor recomputable candidates")
         c, g = _step_blocks(c_storage, block), _step_blocks(g_storage, block)
         if backward_chunk is not None and stop - start == k:  # a whole compiled chunk
-            # Fresh tensors where a view would be passed only sometimes: Dynamo guards on whether an
-            # input is a view, and would compile the chunk again.
+            # Dynamo guards on whether an input is a view (and of what): `before` is made fresh for
+            # every chunk alike. `grads` is a view in the time-major rows layout and a copy otherwise,
+            # and the op path's residuals are views where the eager ones are not: each such mix
+            # compiles the chunk once more (within Dynamo's limit; past it, the chunk runs eagerly).
             if start > 0:
                 before = state_block[start - 1 : stop - 1].clone(memory_format=torch.contiguous_format)
             else:
@@ -619,7 +621,7 @@ def _(
     grad_x = torch.empty_like(x) if input_grad else x.new_empty(0)
     return (
         grad_x,
-        torch.empty_like(h0),
+        h0.new_empty(h0.shape),  # contiguous, as the op returns it
         torch.empty_like(input_weight),
         torch.empty_like(gate_weight),
         torch.empty_like(gate_bias),
@@ -694,7 +696,8 @@ def _recompute(
 ) -> tuple[Tensor, Tensor]:
     """Candidates and gates of the K steps from ``start`` again (as two :func:`_step_storage`), from
     their inputs (K, B, I) and the saved states. The states are known, so the steps are independent;
-    each runs the forward's own kernel, which makes the results equal to the forward's."""
+    each runs the forward's eager kernel, which makes the results equal to an eager forward's (under
+    ``compile=True`` the forward ran Inductor's fused chunks: equal up to rounding)."""
     inputs = _project(x_chunk, input_weight, spec.rows)
     block = (inputs.shape[1], inputs.shape[2])
     c_storage, g_storage = _step_storage(inputs.shape[0], block, inputs), _step_storage(inputs.shape[0], block, inputs)

@@ -135,16 +135,21 @@ def run_layer_op(p, recurrent, spec, save, batch_first=False):
     x = p["x"].transpose(0, 1) if batch_first else p["x"]
     args = (x, p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"])
     patterns = [list(csr) if csr is not None else [] for csr in (spec.recurrent_csr, spec.gate_csr)]
-    return args, (patterns[0], spec.gate, patterns[1], False, batch_first, save)
+    return args, (patterns[0], spec.gate, patterns[1], spec.compiled, batch_first, save)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-steps", "compiled-chunks"])
 @pytest.mark.parametrize("save", [True, False], ids=["residuals-kept", "recomputed"])
 @pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
-def test_layer_op_equals_naive_outputs_and_all_gradients(gate, path, save, monkeypatch):
+def test_layer_op_equals_naive_outputs_and_all_gradients(gate, path, save, compiled, monkeypatch):
     """The custom op that torch.compile and torch.export capture, with and without its residuals
-    (without them the backward recomputes them, as with checkpoint), against the naive twin."""
+    (without them the backward recomputes them, as with checkpoint), its steps eager or in compiled
+    chunks (traced with aot_eager), against the naive twin."""
     monkeypatch.setattr(sequence, "CHUNK_BYTES", 4 * H * B * 8)
+    monkeypatch.setattr(chunked, "BACKEND", "aot_eager")
+    monkeypatch.setattr(chunked, "STEPS", 4)
     p, recurrent, spec, dense, gate_dense = problem(gate, path)
+    spec = spec._replace(compiled=compiled)
     ref = naive_layer(p["x"], p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
     args, rest = run_layer_op(p, recurrent, spec, save, batch_first=True)
     out, candidates, gates = torch.ops.esgp_sparse.esgp_layer(*args, *rest)
@@ -177,6 +182,24 @@ def test_layer_op_registrations(gate, path):
         )
 
 
+def count_chunk_calls(monkeypatch) -> dict:
+    """Counts the calls of the compiled chunk functions that ``chunked.compiled`` hands out."""
+    calls: dict = {}
+    compile_chunk = chunked.compiled
+
+    def counting(fn, key):
+        compiled = compile_chunk(fn, key)
+
+        def run(*args):
+            calls[fn.__name__] = calls.get(fn.__name__, 0) + 1
+            return compiled(*args)
+
+        return run
+
+    monkeypatch.setattr(chunked, "compiled", counting)
+    return calls
+
+
 @pytest.mark.parametrize("checkpoint", [False, True], ids=["kept", "checkpoint"])
 @pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
 def test_compiled_chunks_equal_naive(gate, path, checkpoint, monkeypatch):
@@ -184,6 +207,8 @@ def test_compiled_chunks_equal_naive(gate, path, checkpoint, monkeypatch):
     (traced with aot_eager here; tests/test_compile.py runs Inductor), the rest eagerly."""
     monkeypatch.setattr(chunked, "BACKEND", "aot_eager")
     monkeypatch.setattr(chunked, "STEPS", 4)  # T=11: two compiled chunks and three eager steps
+    monkeypatch.setattr(chunked, "_COMPILED", {})
+    calls = count_chunk_calls(monkeypatch)
     p, recurrent, spec, dense, gate_dense = problem(gate, path)
     spec = spec._replace(compiled=True)
     ref = naive_layer(p["x"], p["h0"], p["input_weight"], dense, gate_dense, p["gate_bias"])
@@ -198,4 +223,4 @@ def test_compiled_chunks_equal_naive(gate, path, checkpoint, monkeypatch):
         got = torch.autograd.grad(out, list(p.values()), grad)
         for name, g, w in zip(p, got, want, strict=True):
             torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m, name=name: f"d/d{name}: {m}")
-    assert any(key[0] == "forward_chunk" for key in chunked._COMPILED)
+    assert calls == {"forward_chunk": 4, "backward_chunk": 4}  # 2 chunks, 2 layouts of x
