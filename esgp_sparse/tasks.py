@@ -2,13 +2,16 @@
 
     python -m esgp_sparse.tasks TASK --models esgp,gru,lstm,esn --epochs N [--hidden H] [--quick]
                                      [--out results.json] [--plot curves.png] [--data-dir DIR]
+    python -m esgp_sparse.tasks TASK --models esgp-sparse,esgp-diagonal --hidden 256,1024,4096
+                                     --per-unit 10 --plot-sizes sizes.png   # a sweep over H
 
 TASK is one of ``mackey_glass``, ``adding``, ``copy``, ``delayed_response``, ``smnist`` (see
 :mod:`esgp_sparse.datasets` for their definitions). Every model gets the same data, the same
 linear head, the same optimiser (Adam, lr 1e-3, gradient norm clipped to 1) and the same epochs;
 each prints its parameter count beside its score, and a markdown table closes the run.
 
-Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``gru`` and
+Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``esgp-sparse``
+and ``esgp-diagonal`` (the same with the gates that scale), ``gru`` and
 ``lstm`` (``torch.nn``), and ``esn``, the classic echo state network built from the same layer: the
 gate fixed open (so h_t = tanh(W_in x_t + W h_{t-1})), the random input weights frozen, only the
 linear readout trained.
@@ -35,6 +38,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import ESGP, __version__, datasets
+from .cell import GateType
 from .gates import DiagonalGate
 
 Data = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -148,7 +152,8 @@ TASKS = {
         _mnist,
     ),
 }
-MODELS = ("esgp", "gru", "lstm", "esn")
+MODELS = ("esgp", "esgp-sparse", "esgp-diagonal", "gru", "lstm", "esn")
+GATE: dict[str, GateType] = {"esgp": "dense", "esgp-sparse": "sparse", "esgp-diagonal": "diagonal"}
 
 
 class SequenceModel(nn.Module):
@@ -164,13 +169,16 @@ class SequenceModel(nn.Module):
         return self.head(states[:, -1] if scored == 0 else states[:, -scored:])
 
 
-def build_model(name: str, task: Task, hidden: int, seed: int) -> SequenceModel:
+def build_model(name: str, task: Task, hidden: int, seed: int, per_unit: float | None = None) -> SequenceModel:
+    """``name`` with ``hidden`` units; the reservoirs keep 10 % of their connections (the original's
+    sparsity), or ``per_unit`` connections per unit when given (what large reservoirs need)."""
     torch.manual_seed(seed)
     i = task.input_size
-    if name == "esgp":
-        core = ESGP(i, hidden, sparsity=0.1, spectral_radius=0.9, seed=seed)
+    sparsity = 0.1 if per_unit is None else min(1.0, per_unit / hidden)
+    if name in GATE:
+        core = ESGP(i, hidden, sparsity=sparsity, spectral_radius=0.9, gate=GATE[name], seed=seed)
     elif name == "esn":
-        core = ESGP(i, hidden, sparsity=0.1, spectral_radius=0.9, gate="diagonal", seed=seed)
+        core = ESGP(i, hidden, sparsity=sparsity, spectral_radius=0.9, gate="diagonal", seed=seed)
         gate = cast(DiagonalGate, core.cells[0].gate)
         with torch.no_grad():  # the gate fixed open: sigmoid(0 * h~ + 40) is exactly 1.0 in float32
             gate.weight.zero_()
@@ -288,13 +296,14 @@ def markdown(results: dict) -> str:
         f"seed {results['seed']} ({better} is better)"
         + ("" if baseline is None else f"; the trivial baseline scores {baseline:.4g}"),
         "",
-        f"| model | parameters | test {task.metric} | original's published {task.metric} | train time |",
-        "|---|---|---|---|---|",
+        f"| model | H | parameters | test {task.metric} | original's published {task.metric} | train time |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in results["models"].items():
-        published = task.reference.get(name) if comparable(results) else None
+        model = row.get("model", name)
+        published = task.reference.get(model) if comparable(results) else None
         lines.append(
-            f"| {name} | {row['parameters']:,} | {row['curve'][-1]:.4g} | "
+            f"| {model} | {row.get('hidden', results['hidden'])} | {row['parameters']:,} | {row['curve'][-1]:.4g} | "
             f"{'-' if published is None else published} | {row['seconds']:.0f} s |"
         )
     return "\n".join(lines)
@@ -303,7 +312,7 @@ def markdown(results: dict) -> str:
 def summary(results: list[dict]) -> str:
     """One markdown row per task: each model's final test score, the original's published one in
     brackets, the best of this run in bold."""
-    models = [m for m in MODELS if any(m in r["models"] for r in results)]
+    models = list(dict.fromkeys(m for r in results for m in r["models"]))  # every row, in order
     lines = [
         "| task | score | " + " | ".join(f"{m} (original's)" for m in models) + " | budget |",
         "|---|---|" + "---|" * len(models) + "---|",
@@ -318,7 +327,7 @@ def summary(results: list[dict]) -> str:
                 cells.append("-")
                 continue
             text = f"{scores[m]:.4g}" if task.metric != "accuracy" else f"{scores[m]:.2f} %"
-            published = task.reference.get(m) if comparable(result) else None
+            published = task.reference.get(result["models"][m].get("model", m)) if comparable(result) else None
             cells.append(
                 ("**" + text + "**" if scores[m] == best else text)
                 + (f" ({published})" if published is not None else "")
@@ -351,6 +360,39 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_sizes(results: list[dict], path: str) -> None:
+    """Each task's final test score against the hidden size, a line per model (its parameter
+    counts at the points)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # matplotlib comes with the bench extra
+        raise SystemExit(f"tasks: --plot-sizes needs matplotlib (pip install matplotlib): {error}") from error
+    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.6), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        task = TASKS[result["task"]]
+        lines: dict[str, list[tuple[int, float, int]]] = {}
+        for name, row in result["models"].items():
+            point = (row.get("hidden", result["hidden"]), row["curve"][-1], row["parameters"])
+            lines.setdefault(row.get("model", name), []).append(point)
+        for model, points in lines.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+            for h, score, parameters in points:
+                ax.annotate(f"{parameters:,}", (h, score), fontsize=6, textcoords="offset points", xytext=(2, 3))
+        if result.get("baseline") is not None:
+            ax.axhline(result["baseline"], color="grey", linestyle=":", label="trivial baseline")
+        ax.set(title=task_label(result), xlabel="hidden size H", ylabel=f"test {task.metric}", xscale="log")
+        if task.metric != "accuracy":
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def subset(data: Data, train_size: int | None, seed: int) -> Data:
     """A random ``train_size`` of the training sequences (all of them if None), the same for every
     model of a run: it depends on ``seed`` alone."""
@@ -364,17 +406,22 @@ def run(
     task_name: str,
     models: list[str],
     epochs: int,
-    hidden: int,
+    hidden: int | list[int],
     quick: bool,
     seed: int,
     data_dir: Path | None,
     train_size: int | None = None,
+    per_unit: float | None = None,
 ) -> dict:
+    """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
+    sizes the rows are named "model H=size"; each row records its model and hidden size."""
     task = TASKS[task_name]
+    sizes = [hidden] if isinstance(hidden, int) else list(hidden)
     data = subset(task.data(quick, seed, data_dir), train_size, seed)
     print(
         f"{task.name}: {task.summary}; train {tuple(data[0].shape)}, test {tuple(data[2].shape)}; "
         f"H={hidden}, {epochs} epochs, seed {seed}"
+        + ("" if per_unit is None else f", {per_unit:g} connections per unit")
     )
     if task.name == "smnist" and (quick or data_dir is None):
         print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
@@ -382,6 +429,7 @@ def run(
         task=task.name,
         epochs=epochs,
         hidden=hidden,
+        per_unit=per_unit,
         quick=quick,
         seed=seed,
         metric=task.metric,
@@ -393,12 +441,14 @@ def run(
         **environment(),
         models={},
     )
-    for name in models:
-        model = build_model(name, task, hidden, seed)
-        parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{name}: {parameters:,} trained parameters")
-        row = train(model, task, data, epochs, seed, name)
-        results["models"][name] = dict(parameters=parameters, **row)
+    for size in sizes:
+        for name in models:
+            label = name if len(sizes) == 1 else f"{name} H={size}"
+            model = build_model(name, task, size, seed, per_unit)
+            parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"{label}: {parameters:,} trained parameters")
+            row = train(model, task, data, epochs, seed, label)
+            results["models"][label] = dict(model=name, hidden=size, parameters=parameters, **row)
     return results
 
 
@@ -407,9 +457,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         prog="python -m esgp_sparse.tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("tasks", nargs="*", metavar="TASK", help=f"one or more of {sorted(TASKS)}")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from esgp,gru,lstm,esn")
+    parser.add_argument(
+        "--models",
+        default="esgp,gru,lstm,esn",
+        help=f"comma-separated, from {','.join(MODELS)} (default esgp,gru,lstm,esn)",
+    )
     parser.add_argument("--epochs", type=int, help="training epochs (default 30, quick 10)")
-    parser.add_argument("--hidden", type=int, help="hidden units H (default 128, quick 32)")
+    parser.add_argument(
+        "--hidden", help="hidden units H, or a comma-separated list of sizes to sweep (default 128, quick 32)"
+    )
+    parser.add_argument(
+        "--per-unit", type=float, help="reservoir connections per unit (default: sparsity 0.1, the original's)"
+    )
+    parser.add_argument("--plot-sizes", help="draw each task's score against H, a line per model, to this image file")
     parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -436,6 +496,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(summary(results))
         if args.plot:
             plot(results, args.plot)
+        if args.plot_sizes:
+            plot_sizes(results, args.plot_sizes)
         return results
     unknown_tasks = sorted(set(args.tasks) - set(TASKS))
     if unknown_tasks or not args.tasks:
@@ -445,13 +507,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown or not models:
         parser.error(f"--models: expected names from {','.join(MODELS)}, got {args.models!r}")
     epochs = args.epochs if args.epochs is not None else (10 if args.quick else 30)
-    hidden = args.hidden if args.hidden is not None else (32 if args.quick else 128)
+    try:
+        sizes = [int(h) for h in args.hidden.split(",")] if args.hidden is not None else [32 if args.quick else 128]
+    except ValueError:
+        parser.error(f"--hidden: expected a positive integer or a comma-separated list of them, got {args.hidden!r}")
+    hidden: int | list[int] = sizes[0] if len(sizes) == 1 else sizes
     if args.seed < 0:
         parser.error(f"--seed: expected a non-negative integer, got {args.seed}")
-    if epochs < 1 or hidden < 1 or (args.train_size is not None and args.train_size < 1):
-        parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {hidden} and {args.train_size}")
+    if epochs < 1 or min(sizes) < 1 or (args.train_size is not None and args.train_size < 1):
+        parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {sizes} and {args.train_size}")
+    if args.per_unit is not None and not args.per_unit > 0:
+        parser.error(f"--per-unit: expected a positive number of connections per unit, got {args.per_unit}")
     results = [
-        run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size) for t in args.tasks
+        run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, args.per_unit)
+        for t in args.tasks
     ]
     for result in results:
         print()
@@ -460,6 +529,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.out.write_text(json.dumps(results if len(results) > 1 else results[0], indent=1))
     if args.plot:
         plot(results, args.plot)
+    if args.plot_sizes:
+        plot_sizes(results, args.plot_sizes)
     sys.stdout.flush()
     return results
 

@@ -27,7 +27,7 @@ def test_quick_run_end_to_end(tmp_path, capsys):
         ]
     )
     printed = capsys.readouterr()
-    assert "| model | parameters | test MSE |" in printed.out and "| esn | 33 |" in printed.out
+    assert "| model | H | parameters | test MSE |" in printed.out and "| esn | 32 | 33 |" in printed.out
     assert "epoch 2/2" in printed.err  # a progress bar per epoch
     result = json.loads(out.read_text())
     assert result["task"] == "adding" and result["seed"] == 3 and result["quick"] is True
@@ -47,7 +47,7 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     # the tables and curves again from the saved results, without training
     again = tasks.main(["--results", str(out), "--plot", str(tmp_path / "again.png")])
     printed = capsys.readouterr().out
-    assert again == [result] and "| esn | 33 |" in printed
+    assert again == [result] and "| esn | 32 | 33 |" in printed
     # and one summary row per task, each score beside the original's, the best in bold
     scores = {name: f"{row['curve'][-1]:.4g}" for name, row in result["models"].items()}
     best = min(result["models"], key=lambda name: result["models"][name]["curve"][-1])
@@ -129,9 +129,49 @@ def test_every_task_has_data_of_the_declared_sizes():
 def test_bad_model_and_task_names(capsys):
     with pytest.raises(SystemExit):
         tasks.main(["adding", "--quick", "--models", "esgp,transformer"])
-    assert "--models: expected names from esgp,gru,lstm,esn, got 'esgp,transformer'" in capsys.readouterr().err
+    assert (
+        "--models: expected names from esgp,esgp-sparse,esgp-diagonal,gru,lstm,esn, got 'esgp,transformer'"
+        in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         tasks.main(["addition", "--quick"])
     assert "expected one or more tasks from" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"tasks: expected a model in \('esgp', 'gru', 'lstm', 'esn'\), got 'rnn'"):
+    with pytest.raises(ValueError, match=r"tasks: expected a model in \('esgp', 'esgp-sparse', .*\), got 'rnn'"):
         tasks.build_model("rnn", tasks.TASKS["adding"], 8, 0)
+
+
+def test_sweep_over_gates_and_sizes(tmp_path, monkeypatch, capsys):
+    """--models with the scalable gates and --hidden as a list: a row per model and size with its
+    own parameter count, reservoirs of --per-unit connections per unit, a table and a size plot."""
+    built = []
+    build = tasks.build_model
+
+    def record_build(name, task, hidden, seed, per_unit=None):
+        model = build(name, task, hidden, seed, per_unit)
+        built.append((name, hidden, model.core.cells[0].nnz))
+        return model
+
+    monkeypatch.setattr(tasks, "build_model", record_build)
+    monkeypatch.setattr(tasks, "train", lambda model, *args: dict(curve=[0.5], train_loss=[1.0], seconds=1.0))
+    image, out = tmp_path / "sizes.png", tmp_path / "sweep.json"
+    argv = ["adding", "--quick", "--models", "esgp-sparse,esgp-diagonal", "--hidden", "64,256"]
+    (result,) = tasks.main(argv + ["--per-unit", "4", "--plot-sizes", str(image), "--out", str(out)])
+    assert list(result["models"]) == [
+        "esgp-sparse H=64",
+        "esgp-diagonal H=64",
+        "esgp-sparse H=256",
+        "esgp-diagonal H=256",
+    ]
+    rows = result["models"]
+    assert rows["esgp-sparse H=256"]["parameters"] > rows["esgp-sparse H=64"]["parameters"]
+    assert rows["esgp-diagonal H=64"]["parameters"] < rows["esgp-sparse H=64"]["parameters"]
+    for name, hidden, nnz in built:  # 4 connections per unit on average
+        assert 3 * hidden < nnz < 5 * hidden, (name, hidden, nnz)
+    assert image.stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "| esgp-diagonal | 256 |" in table
+    again = tasks.main(["--results", str(out), "--plot-sizes", str(tmp_path / "again.png")])
+    assert again[0]["models"].keys() == rows.keys()
+    with pytest.raises(SystemExit):
+        tasks.main(["adding", "--quick", "--hidden", "64,big"])
+    assert "--hidden: expected a positive integer or a comma-separated list" in capsys.readouterr().err
