@@ -362,7 +362,7 @@ def plot(results: list[dict], path: str) -> None:
 
 def plot_sizes(results: list[dict], path: str) -> None:
     """Each task's final test score against the hidden size, a line per model (its parameter
-    counts at the points)."""
+    counts at the points); runs of the same task share a panel."""
     try:
         import matplotlib
 
@@ -370,13 +370,18 @@ def plot_sizes(results: list[dict], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as error:  # matplotlib comes with the bench extra
         raise SystemExit(f"tasks: --plot-sizes needs matplotlib (pip install matplotlib): {error}") from error
-    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.6), squeeze=False)
-    for ax, result in zip(axes[0], results, strict=True):
+    by_task: dict[str, list[dict]] = {}
+    for result in results:  # runs of one task (e.g. one per gate) share a panel
+        by_task.setdefault(result["task"], []).append(result)
+    fig, axes = plt.subplots(1, len(by_task), figsize=(4.6 * len(by_task), 3.6), squeeze=False)
+    for ax, runs in zip(axes[0], by_task.values(), strict=True):
+        result = runs[0]
         task = TASKS[result["task"]]
         lines: dict[str, list[tuple[int, float, int]]] = {}
-        for name, row in result["models"].items():
-            point = (row.get("hidden", result["hidden"]), row["curve"][-1], row["parameters"])
-            lines.setdefault(row.get("model", name), []).append(point)
+        for run_ in runs:
+            for name, row in run_["models"].items():
+                point = (row.get("hidden", run_["hidden"]), row["curve"][-1], row["parameters"])
+                lines.setdefault(row.get("model", name), []).append(point)
         for model, points in lines.items():
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
@@ -384,7 +389,11 @@ def plot_sizes(results: list[dict], path: str) -> None:
                 ax.annotate(f"{parameters:,}", (h, score), fontsize=6, textcoords="offset points", xytext=(2, 3))
         if result.get("baseline") is not None:
             ax.axhline(result["baseline"], color="grey", linestyle=":", label="trivial baseline")
-        ax.set(title=task_label(result), xlabel="hidden size H", ylabel=f"test {task.metric}", xscale="log")
+        ax.set(title=task_label(result), xlabel="hidden size H", ylabel=f"test {task.metric}")
+        ax.set_xscale("log", base=2)
+        sizes = sorted({p[0] for points in lines.values() for p in points})
+        ax.set_xticks(sizes, [f"{h:,}" for h in sizes])
+        ax.minorticks_off()
         if task.metric != "accuracy":
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
