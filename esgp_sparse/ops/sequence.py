@@ -9,9 +9,14 @@ steps, not per step.
 One step's state is a (B, H) block ("rows") when every product is a dense GEMM, and an (H, B)
 block ("cols") when a CSR product is involved: ``W @ h`` then reads a contiguous dense operand (2x
 faster than a strided one at H=4096, torch 2.13 CPU). The sequence stays in the caller's layout,
-``(B, T, F)`` or ``(T, B, F)``: nothing of size T x B x H is allocated beyond the output, and the
-per-step blocks are small enough for the allocator to reuse from one call to the next (a fresh
-(T, H, B) block costs page faults worth a tanh over it at H=128, B=128, T=784).
+``(B, T, F)`` or ``(T, B, F)``. The candidates and gates kept for the backward are one tensor per
+chunk of steps (about ``CHUNK_BYTES``), small enough for the allocator to reuse from one call to the
+next (a fresh (T, H, B) tensor costs page faults worth a tanh over it at H=128, B=128, T=784).
+
+Three forms share the loops below: eager, an autograd.Function (:class:`_ESGPLayer`); under
+torch.compile and torch.export, one custom op per layer and one for its backward
+(``esgp_sparse::esgp_layer``); with ``LayerSpec.compiled`` (``compile=True``), either runs its
+steps in compiled chunks (:mod:`esgp_sparse.ops.chunked`). torch.onnx takes :mod:`.scan`'s form.
 
 Reference twin: :func:`esgp_sparse.ops.naive.naive_layer`.
 """
