@@ -266,3 +266,24 @@ def test_export_with_a_dynamic_length(gate, path):
     assert len(grads[0]) == len(grads[1]) == 1 + 6  # x, then W_in, the gate's weight and bias per layer
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+def test_whole_model_compile_of_a_compile_true_model(monkeypatch):
+    """torch.compile(model) of a model built with compile=True: the layer op, run by the outer graph,
+    runs its steps in the inner compiled chunks (both traced with aot_eager here); equal to eager."""
+    monkeypatch.setattr(chunked, "BACKEND", "aot_eager")
+    torch.manual_seed(0)
+    kwargs = dict(num_layers=2, sparsity=0.2, gate="sparse", seed=1, dtype=torch.float64)
+    model, eager = ESGP(3, 32, compile=True, **kwargs), ESGP(3, 32, **kwargs)
+    eager.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(2, 37, 3, dtype=torch.float64, requires_grad=True)  # two chunks of 16, five eager steps
+    runs = [compiled(x), eager(x)]
+    for got, want in zip(*runs, strict=True):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+    grads = [
+        torch.autograd.grad(out.square().sum() + h_n.sum(), [x, *module.parameters()])
+        for (out, h_n), module in zip(runs, (model, eager), strict=True)
+    ]
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
