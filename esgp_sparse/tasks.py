@@ -293,7 +293,8 @@ def markdown(results: dict) -> str:
     baseline = results.get("baseline")
     lines = [
         f"{task_label(results)}: {task.summary}; {results['epochs']} epochs, H={results['hidden']}, "
-        f"seed {results['seed']} ({better} is better)"
+        + ("" if results.get("per_unit") is None else f"{results['per_unit']:g} connections per unit, ")
+        + f"seed {results['seed']} ({better} is better)"
         + ("" if baseline is None else f"; the trivial baseline scores {baseline:.4g}"),
         "",
         f"| model | H | parameters | test {task.metric} | original's published {task.metric} | train time |",
@@ -334,6 +335,8 @@ def summary(results: list[dict]) -> str:
             )
         score = f"test {task.metric} ({'higher' if task.metric == 'accuracy' else 'lower'} is better)"
         budget = f"{result['epochs']} epochs, H={result['hidden']}, {result['train_shape'][0]:,} train"
+        if result.get("per_unit") is not None:
+            budget += f", {result['per_unit']:g} connections per unit"
         lines.append(f"| {task_label(result)} | {score} | " + " | ".join(cells) + f" | {budget} |")
     return "\n".join(lines)
 
