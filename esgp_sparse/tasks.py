@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import scipy
@@ -341,24 +341,34 @@ def summary(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: str) -> None:
+def _pyplot(option: str) -> Any:
+    """matplotlib's pyplot, drawing to files; a clear exit where matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:  # matplotlib comes with the bench extra
-        raise SystemExit(f"tasks: --plot needs matplotlib (pip install matplotlib): {error}") from error
+        raise SystemExit(f"tasks: {option} needs matplotlib (pip install matplotlib): {error}") from error
+    return plt
+
+
+def _finish(ax: Any, task: Task) -> None:
+    if task.metric != "accuracy":
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot(results: list[dict], path: str) -> None:
+    plt = _pyplot("--plot")
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
         task = TASKS[result["task"]]
         for name, row in result["models"].items():
             ax.plot(range(1, len(row["curve"]) + 1), row["curve"], marker=".", label=f"{name} ({row['parameters']:,})")
         ax.set(title=task_label(result), xlabel="epoch", ylabel=f"test {task.metric}")
-        if task.metric != "accuracy":
-            ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish(ax, task)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -366,13 +376,7 @@ def plot(results: list[dict], path: str) -> None:
 def plot_sizes(results: list[dict], path: str) -> None:
     """Each task's final test score against the hidden size, a line per model (its parameter
     counts at the points); runs of the same task share a panel."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # matplotlib comes with the bench extra
-        raise SystemExit(f"tasks: --plot-sizes needs matplotlib (pip install matplotlib): {error}") from error
+    plt = _pyplot("--plot-sizes")
     by_task: dict[str, list[dict]] = {}
     for result in results:  # runs of one task (e.g. one per gate) share a panel
         by_task.setdefault(result["task"], []).append(result)
@@ -397,10 +401,7 @@ def plot_sizes(results: list[dict], path: str) -> None:
         sizes = sorted({p[0] for points in lines.values() for p in points})
         ax.set_xticks(sizes, [f"{h:,}" for h in sizes])
         ax.minorticks_off()
-        if task.metric != "accuracy":
-            ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish(ax, task)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
