@@ -197,6 +197,11 @@ _DOUBLE_BACKWARD = (
 )
 
 
+def _time_batch(x: Tensor, batch_first: bool) -> tuple[int, int]:
+    """(T, B) of an input (B, T, I) if batch_first else (T, B, I)."""
+    return (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+
+
 def _block(spec: LayerSpec, batch: int, hidden: int) -> tuple[int, int]:
     return (batch, hidden) if spec.rows else (hidden, batch)
 
@@ -436,7 +441,7 @@ class _ESGPLayer(torch.autograd.Function):
         keep: bool,
         checkpoint: bool,
     ) -> tuple[Tensor, ...]:
-        steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+        steps, batch = _time_batch(x, batch_first)
         hidden = input_weight.shape[0]
         block = _block(spec, batch, hidden)
         # `keep`: a backward will follow. Without one (or with `checkpoint`, whose backward recomputes
@@ -520,7 +525,7 @@ def _layer_op(
     """The states, and (with ``save``) every step's candidates and gates, one
     :func:`_step_storage` row per step."""
     spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
-    steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    steps, batch = _time_batch(x, batch_first)
     hidden = input_weight.shape[0]
     if not save:
         out = _forward(x, h0, input_weight, recurrent, gate_weight, gate_bias, spec, batch_first, [], [])
@@ -549,7 +554,7 @@ def _(
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
-    steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    steps, batch = _time_batch(x, batch_first)
     hidden = input_weight.shape[0]
     out = x.new_empty((batch, steps, hidden) if batch_first else (steps, batch, hidden))
     if not save:
@@ -580,7 +585,7 @@ def _layer_backward_op(
     """Gradients of x (empty unless ``input_grad``), h0, input_weight, gate_weight and gate_bias.
     Empty ``candidates`` and ``gates`` mean a checkpointed layer (recomputed chunk by chunk)."""
     spec = _spec_from(recurrent_pattern, gate, gate_pattern, compiled)
-    steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    steps, batch = _time_batch(x, batch_first)
     k = _work_steps(spec, steps, input_weight.shape[0], batch, x.element_size())
     saved = candidates.numel() > 0
     grad_x, *grads = _backward(
