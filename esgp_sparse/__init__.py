@@ -9,6 +9,6 @@ the spectral radius it promises, with a sequence-level backward and torch.compil
 from .cell import ESGPCell
 from .esgp import ESGP
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["ESGP", "ESGPCell"]

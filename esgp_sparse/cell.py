@@ -16,8 +16,7 @@ from .init import (
     RadiusMethod,
     Reservoir,
     check_connections,
-    make_rng,
-    random_pattern,
+    drawn_rows,
     random_reservoir,
     reservoir_from_matrix,
 )
@@ -193,7 +192,8 @@ class ESGPCell(FixedBuffers, PatternModule):
         )
 
     def _draw_gate_pattern(self) -> tuple[np.ndarray, np.ndarray]:
-        return random_pattern(self.hidden_size, self.sparsity, make_rng(self.seed, 1))
+        crow, col, _ = drawn_rows(self.hidden_size, self.sparsity, self.seed, (1,))
+        return crow, col
 
     def reset_reservoir(self) -> None:
         """Draw the reservoir (and the sparse gate's pattern) from :attr:`seed` on the module's device,

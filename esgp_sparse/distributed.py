@@ -16,8 +16,16 @@ from torch import nn
 
 from .cell import ESGPCell
 from .esgp import ESGP
+from .sharded import ShardedESGP, ShardedLinear, shard_bounds
 
-__all__ = ["check_same_reservoirs", "fixed_buffer_names", "ignore_fixed_buffers"]
+__all__ = [
+    "ShardedESGP",
+    "ShardedLinear",
+    "check_same_reservoirs",
+    "fixed_buffer_names",
+    "ignore_fixed_buffers",
+    "shard_bounds",
+]
 
 
 def fixed_buffer_names(model: nn.Module) -> list[str]:

@@ -17,7 +17,7 @@ def test_nothing_is_drawn_or_measured_on_the_meta_device(monkeypatch):
         raise AssertionError("drew a reservoir on the meta device")
 
     monkeypatch.setattr(esgp_sparse.cell, "random_reservoir", refuse)
-    monkeypatch.setattr(esgp_sparse.cell, "random_pattern", refuse)
+    monkeypatch.setattr(esgp_sparse.cell, "drawn_rows", refuse)
     model = ESGP(16, 200_000, num_layers=2, sparsity=5e-5, gate="sparse", seed=0, device="meta")
     cell = model.cells[0]
     assert cell.values.device.type == "meta" and cell.path == "sparse" and not cell.drawn

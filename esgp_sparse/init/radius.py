@@ -8,6 +8,7 @@ refinement. Each reports how sure it is (:class:`RadiusEstimate`); none fails si
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -78,6 +79,51 @@ class RadiusEstimate(NamedTuple):
         return self._replace(radius=self.radius * abs(factor))
 
 
+class Rows(NamedTuple):
+    """Rows ``start : start + m`` of an ``n x n`` matrix, held by one of several processes, and how to
+    combine them with the other processes' rows (the matrix distributed by rows).
+
+    Attributes:
+        matrix: the local rows, an (m, n) CSR array.
+        start: the first row held here.
+        gather: local (m, ...) array -> the (n, ...) array of every process's rows in row order,
+            returned on every process (an all-gather).
+        total: an array -> its elementwise sum over the processes, on every process (an all-reduce).
+
+    One process holding the whole matrix is ``Rows(matrix, 0, identity, identity)``
+    (:func:`whole_rows`).
+    """
+
+    matrix: sp.csr_array
+    start: int
+    gather: Callable[[np.ndarray], np.ndarray]
+    total: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def apply(self, local: np.ndarray) -> np.ndarray:
+        """The local rows of ``A x`` for ``x`` given by its local rows."""
+        return np.asarray(self.matrix @ self.gather(local))
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a^H b`` (vectors or the rows of 2-D arrays' columns), summed over the processes."""
+        return self.total(np.asarray(a.conj().T @ b))
+
+    def norm(self, local: np.ndarray) -> float:
+        return float(np.sqrt(self.total(np.asarray(np.vdot(local, local).real))))
+
+
+def _same(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def whole_rows(matrix: sp.csr_array) -> Rows:
+    """The whole matrix held by one process."""
+    return Rows(sp.csr_array(matrix), 0, _same, _same)
+
+
 def _start_block(n: int, k: int) -> np.ndarray:
     # Deterministic, so that the same matrix always gives the same radius (and reservoir) bitwise.
     return np.random.default_rng(_START_SEED).standard_normal((k, n))
@@ -97,12 +143,26 @@ def has_cycle(matrix: sp.csr_array | sp.csr_matrix) -> bool:
     return bool(n_components < n)
 
 
-def _residual(matrix: sp.csr_array | np.ndarray, value: complex, vector: np.ndarray) -> float:
-    """``|A v - value v| / (|value| |v|)``: the relative backward error of an eigenpair."""
-    scale = abs(value) * float(np.linalg.norm(vector))
+def _residual(rows: Rows, value: complex, vector: np.ndarray) -> float:
+    """``|A v - value v| / (|value| |v|)``: the relative backward error of an eigenpair (``vector``
+    given by its local rows)."""
+    scale = abs(value) * rows.norm(vector)
     if scale == 0.0:
         return float("inf")
-    return float(np.linalg.norm(matrix @ vector - value * vector)) / scale
+    return rows.norm(rows.apply(vector) - value * vector) / scale
+
+
+def _check_options(tol: float, k: int, ncv: int, maxiter: int | None, power_tol: float, max_iterations: int) -> None:
+    if not tol >= 0.0:
+        raise ValueError(f"spectral_radius: expected tol >= 0 (0: machine precision), got tol={tol!r}")
+    if k < 1 or ncv < 1 or (maxiter is not None and maxiter < 1):
+        raise ValueError(f"spectral_radius: expected k, ncv and maxiter >= 1, got k={k}, ncv={ncv}, maxiter={maxiter}")
+    if not 0.0 < power_tol < 1.0:
+        raise ValueError(f"spectral_radius: expected power_tol in (0, 1), got power_tol={power_tol!r}")
+    if max_iterations < POWER_FIRST_RITZ:
+        raise ValueError(
+            f"spectral_radius: expected max_iterations >= {POWER_FIRST_RITZ}, got max_iterations={max_iterations}"
+        )
 
 
 def measure_radius(
@@ -157,40 +217,71 @@ def measure_radius(
         raise ValueError(f"spectral_radius: expected a square matrix, got shape {matrix.shape}")
     if method not in RADIUS_METHODS:
         raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")
-    if not tol >= 0.0:
-        raise ValueError(f"spectral_radius: expected tol >= 0 (0: machine precision), got tol={tol!r}")
-    if k < 1 or ncv < 1 or (maxiter is not None and maxiter < 1):
-        raise ValueError(f"spectral_radius: expected k, ncv and maxiter >= 1, got k={k}, ncv={ncv}, maxiter={maxiter}")
-    if not 0.0 < power_tol < 1.0:
-        raise ValueError(f"spectral_radius: expected power_tol in (0, 1), got power_tol={power_tol!r}")
-    if max_iterations < POWER_FIRST_RITZ:
-        raise ValueError(
-            f"spectral_radius: expected max_iterations >= {POWER_FIRST_RITZ}, got max_iterations={max_iterations}"
-        )
+    _check_options(tol, k, ncv, maxiter, power_tol, max_iterations)
     matrix = sp.csr_array(matrix)
-    n = matrix.shape[0]
     if not has_cycle(matrix):
         return RadiusEstimate(0.0, 0.0, "acyclic", 0)
+    return measure_radius_rows(
+        whole_rows(matrix),
+        method,
+        tol=tol,
+        k=k,
+        ncv=ncv,
+        maxiter=maxiter,
+        power_tol=power_tol,
+        max_iterations=max_iterations,
+    )
+
+
+def measure_radius_rows(
+    rows: Rows,
+    method: RadiusMethod = "auto",
+    *,
+    tol: float = ARPACK_TOL,
+    k: int = ARPACK_K,
+    ncv: int = ARPACK_NCV,
+    maxiter: int | None = None,
+    power_tol: float = POWER_TOL,
+    max_iterations: int = POWER_MAX_ITERATIONS,
+) -> RadiusEstimate:
+    """:func:`measure_radius` on a matrix distributed by rows over processes (:class:`Rows`); every
+    process calls it with the same arguments and gets the same estimate, whose ``vector`` holds
+    the local rows of the eigenvector.
+
+    The methods are those of :func:`measure_radius`, each on the distributed matrix: a product is
+    the local rows times the all-gathered vector, an inner product an all-reduced sum. ``"dense"``
+    gathers the whole matrix and ``"arpack"`` runs the same ARPACK on every process on whole
+    vectors (both for the sizes ``"auto"`` gives them); the power iteration and its Rayleigh-Ritz
+    steps keep only the local rows of each vector. With one process (:func:`whole_rows`) this is
+    :func:`measure_radius` exactly, less its cycle test, which needs the whole graph: here a nilpotent
+    matrix shows as a radius of 0 (or a tiny one, with a warning, from the power iteration).
+    """
+    if method not in RADIUS_METHODS:
+        raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")
+    _check_options(tol, k, ncv, maxiter, power_tol, max_iterations)
+    n = rows.size
+    local = slice(rows.start, rows.start + rows.matrix.shape[0])
     if method == "auto":
         method = "dense" if n <= DENSE_MAX_SIZE else "arpack" if n <= ARPACK_MAX_SIZE else "power"
     if method == "dense" or n < 3:  # ARPACK needs k < n - 1
-        dense = matrix.toarray()
+        dense = rows.gather(rows.matrix.toarray())
         values, vectors = la.eig(dense)
         i = int(np.argmax(np.abs(values)))
-        return RadiusEstimate(
-            float(abs(values[i])), _residual(dense, values[i], vectors[:, i]), "dense", 0, vectors[:, i]
-        )
+        v = vectors[:, i]
+        scale = abs(values[i]) * float(np.linalg.norm(v))
+        residual = float(np.linalg.norm(dense @ v - values[i] * v)) / scale if scale else float("inf")
+        return RadiusEstimate(float(abs(values[i])), residual, "dense", 0, v[local])
     if method == "power":
-        return _power_radius(matrix, power_tol, max_iterations)
+        return _power_radius(rows, power_tol, max_iterations)
     k = min(k, n - 2)
     ncv = min(max(ncv, 2 * k + 1), n)  # scipy wants k + 1 < ncv <= n
     products = [0]
 
     def product(x: np.ndarray) -> np.ndarray:
         products[0] += 1
-        return np.asarray(matrix @ x)
+        return rows.gather(np.asarray(rows.matrix @ x))
 
-    operator = sla.LinearOperator(matrix.shape, matvec=product, dtype=matrix.dtype)
+    operator = sla.LinearOperator((n, n), matvec=product, dtype=rows.matrix.dtype)
     try:
         values, vectors = sla.eigs(
             operator, k=k, which="LM", v0=_start_block(n, 1)[0], tol=tol, ncv=ncv, maxiter=maxiter
@@ -198,12 +289,13 @@ def measure_radius(
     except sla.ArpackNoConvergence as error:
         raise RuntimeError(
             f"spectral_radius: ARPACK did not converge on a {n} x {n} matrix with "
-            f"{matrix.nnz} entries (tol={tol}, k={k}, ncv={ncv}, maxiter={maxiter}); "
+            f"{int(rows.total(np.asarray(rows.matrix.nnz)))} entries (tol={tol}, k={k}, ncv={ncv}, maxiter={maxiter}); "
             "raise maxiter or ncv, loosen tol, or use method='dense' if the matrix is small"
         ) from error
     i = int(np.argmax(np.abs(values)))
-    residual = _residual(matrix, values[i], vectors[:, i])
-    return RadiusEstimate(float(abs(values[i])), residual, "arpack", products[0], vectors[:, i])
+    vector = vectors[:, i][local]
+    residual = _residual(rows, values[i], vector)
+    return RadiusEstimate(float(abs(values[i])), residual, "arpack", products[0], vector)
 
 
 def spectral_radius(matrix: sp.csr_array | sp.csr_matrix, method: RadiusMethod = "auto", **options: Any) -> float:
@@ -211,26 +303,25 @@ def spectral_radius(matrix: sp.csr_array | sp.csr_matrix, method: RadiusMethod =
     return measure_radius(matrix, method, **options).radius
 
 
-def _ritz(matrix: sp.csr_array, start: np.ndarray, size: int) -> tuple[complex, np.ndarray, float, int]:
+def _ritz(rows: Rows, start: np.ndarray, size: int) -> tuple[complex, np.ndarray, float, int]:
     """The Ritz pair of largest modulus in the Krylov space of ``start`` (Arnoldi with DGKS
     reorthogonalisation), its relative residual, and the products spent."""
-    n = matrix.shape[0]
-    size = min(size, n - 1)
-    basis = np.zeros((size + 1, n))
+    size = min(size, rows.size - 1)
+    basis = np.zeros((size + 1, start.shape[0]))
     hessenberg = np.zeros((size + 1, size))
-    basis[0] = start / np.linalg.norm(start)
+    basis[0] = start / rows.norm(start)
     for j in range(size):
-        w = matrix @ basis[j]
-        norm_before = float(np.linalg.norm(w))
-        h = basis[: j + 1] @ w  # classical Gram-Schmidt ...
+        w = rows.apply(basis[j])
+        norm_before = rows.norm(w)
+        h = rows.total(basis[: j + 1] @ w)  # classical Gram-Schmidt ...
         w -= h @ basis[: j + 1]
         hessenberg[: j + 1, j] = h
-        norm = float(np.linalg.norm(w))
+        norm = rows.norm(w)
         if norm < 0.7 * norm_before:  # ... repeated where cancellation lost accuracy (DGKS)
-            h = basis[: j + 1] @ w
+            h = rows.total(basis[: j + 1] @ w)
             w -= h @ basis[: j + 1]
             hessenberg[: j + 1, j] += h
-            norm = float(np.linalg.norm(w))
+            norm = rows.norm(w)
         hessenberg[j + 1, j] = norm
         if norm <= 1e-12 * norm_before:  # an invariant subspace: its Ritz values are eigenvalues
             size = j + 1
@@ -239,20 +330,20 @@ def _ritz(matrix: sp.csr_array, start: np.ndarray, size: int) -> tuple[complex, 
     values, vectors = la.eig(hessenberg[:size, :size])
     i = int(np.argmax(np.abs(values)))
     vector = basis[:size].T @ vectors[:, i]
-    return complex(values[i]), vector, _residual(matrix, values[i], vector), size + 1
+    return complex(values[i]), vector, _residual(rows, values[i], vector), size + 1
 
 
-def _power_radius(matrix: sp.csr_array, power_tol: float, max_iterations: int) -> RadiusEstimate:
+def _power_radius(rows: Rows, power_tol: float, max_iterations: int) -> RadiusEstimate:
     """See :func:`measure_radius`, ``"power"``."""
-    x = _start_block(matrix.shape[0], 1)[0]
-    x /= np.linalg.norm(x)
+    x = _start_block(rows.size, 1)[0][rows.start : rows.start + rows.matrix.shape[0]]
+    x /= rows.norm(x)
     log_growth = np.empty(max_iterations)
     next_ritz = POWER_FIRST_RITZ
     products = 0
     estimate, diagnostic = float("nan"), float("inf")
     for step in range(max_iterations):
-        image = matrix @ x
-        norm = float(np.linalg.norm(image))
+        image = rows.apply(x)
+        norm = rows.norm(image)
         if norm == 0.0:  # A^i x = 0 for a random x: only a nilpotent matrix does that
             return RadiusEstimate(0.0, 0.0, "power", products + step + 1)
         log_growth[step] = np.log(norm)
@@ -264,7 +355,7 @@ def _power_radius(matrix: sp.csr_array, power_tol: float, max_iterations: int) -
         # The growth rate over the second half, and how far it moved from the quarter before.
         estimate = float(np.exp(log_growth[done // 2 : done].mean()))
         diagnostic = float(np.expm1(abs(np.log(estimate) - log_growth[done // 4 : done // 2].mean())))
-        value, vector, residual, spent = _ritz(matrix, x, RITZ_SIZE)
+        value, vector, residual, spent = _ritz(rows, x, RITZ_SIZE)
         products += spent
         # A converged eigenvalue no smaller than the growth rate allows (the growth rate swings by
         # up to 0.9 % around a non-normal complex pair, and trails a crowded edge): the dominant one.
@@ -272,10 +363,10 @@ def _power_radius(matrix: sp.csr_array, power_tol: float, max_iterations: int) -
             return RadiusEstimate(abs(value), residual, "power+ritz", products + done, vector)
     warnings.warn(
         f"spectral_radius: the power iteration found no converged dominant eigenvalue in {max_iterations} steps on a "
-        f"{matrix.shape[0]} x {matrix.shape[0]} matrix; its growth rate {estimate:.6g} (relative change "
+        f"{rows.size} x {rows.size} matrix; its growth rate {estimate:.6g} (relative change "
         f"{diagnostic:.2g} over the last quarter) is a lower estimate that can miss a crowded edge by more; "
         "use method='arpack', or raise max_iterations",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     return RadiusEstimate(estimate, max(diagnostic, power_tol), "power", products + max_iterations)

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, cast
 
 import numpy as np
 import scipy.sparse as sp
 
-from .radius import RadiusEstimate, RadiusMethod, _residual, has_cycle, measure_radius
+from .radius import (
+    RadiusEstimate,
+    RadiusMethod,
+    Rows,
+    _residual,
+    has_cycle,
+    measure_radius,
+    measure_radius_rows,
+    whole_rows,
+)
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
+
+#: A reservoir's rows are drawn in blocks of this many, block ``b`` from its own random stream
+#: (``key + (b,)``; block 0 from ``key`` itself), so that any range of rows, one process's share of
+#: a sharded reservoir, can be drawn alone in O(its nnz) and equals those rows of the whole draw.
+#: A reservoir of up to ``BLOCK_ROWS`` units is one block: the one esgp_sparse 0.1 drew.
+BLOCK_ROWS = 65_536
 
 
 class Reservoir(NamedTuple):
@@ -70,7 +86,12 @@ def random_pattern(size: int, density: float, rng: np.random.Generator) -> tuple
     Returns:
         ``(crow_indices, col_indices)``, both of ``index_dtype(size, nnz)``.
     """
-    total = size * size
+    return _bernoulli_rows(size, size, density, rng)
+
+
+def _bernoulli_rows(rows: int, size: int, density: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`random_pattern` for ``rows`` rows of ``size`` columns."""
+    total = rows * size
     expected = total * density
     positions: list[np.ndarray] = []
     last = -1
@@ -82,11 +103,62 @@ def random_pattern(size: int, density: float, rng: np.random.Generator) -> tuple
         last = int(chunk[-1])
     flat = np.concatenate(positions)
     flat = flat[: np.searchsorted(flat, total)]
-    rows, cols = np.divmod(flat, size)
+    row, col = np.divmod(flat, size)
     dtype = index_dtype(size, flat.shape[0])
-    crow = np.zeros(size + 1, dtype=dtype)
-    np.cumsum(np.bincount(rows, minlength=size), out=crow[1:])
-    return crow, cols.astype(dtype)
+    crow = np.zeros(rows + 1, dtype=dtype)
+    np.cumsum(np.bincount(row, minlength=rows), out=crow[1:])
+    return crow, col.astype(dtype)
+
+
+def drawn_rows(
+    size: int,
+    density: float,
+    seed: int,
+    key: tuple[int, ...] = (),
+    rows: tuple[int, int] | None = None,
+    *,
+    values: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows ``start : stop`` (``rows``; all of them if None) of the random ``size x size`` pattern
+    that ``(seed, key)`` gives, with its standard normal values if ``values``.
+
+    The rows are drawn in blocks of :data:`BLOCK_ROWS`, each from its own stream (pattern, then
+    values): only the blocks that ``rows`` touches are drawn, and the rows returned are those of the
+    whole matrix, whatever range is asked for.
+
+    Returns:
+        ``(crow_indices, col_indices, values or None)``: the CSR arrays of the ``stop - start`` rows
+        (``crow_indices`` from 0), indices of ``index_dtype(size, nnz)``, values float64.
+    """
+    start, stop = (0, size) if rows is None else rows
+    if not 0 <= start <= stop <= size:
+        raise ValueError(f"drawn_rows: expected 0 <= start <= stop <= size={size}, got rows={rows}")
+    counts, cols, vals = [], [], []
+    for block in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
+        low = block * BLOCK_ROWS
+        rng = make_rng(seed, *key) if block == 0 else make_rng(seed, *key, block)
+        crow, col = _bernoulli_rows(min(size, low + BLOCK_ROWS) - low, size, density, rng)
+        drawn = rng.standard_normal((col.shape[0],)) if values else None
+        first, last = max(start, low) - low, min(stop, low + BLOCK_ROWS) - low
+        if first == 0 and last == crow.shape[0] - 1:  # the whole block: no copies
+            counts.append(crow)
+            cols.append(col)
+            vals.append(drawn)
+            continue
+        kept = slice(int(crow[first]), int(crow[last]))
+        counts.append(crow[first : last + 1] - crow[first])
+        cols.append(col[kept])
+        vals.append(None if drawn is None else drawn[kept])
+    if len(counts) == 1:
+        crow, col, value = counts[0], cols[0], vals[0]
+        dtype = index_dtype(size, col.shape[0])
+        return crow.astype(dtype, copy=False), col.astype(dtype, copy=False), value
+    nnz = sum(col.shape[0] for col in cols)
+    dtype = index_dtype(size, nnz)
+    crow = np.zeros(stop - start + 1, dtype=dtype)
+    np.cumsum(np.concatenate([np.diff(part) for part in counts]), out=crow[1:])
+    col = np.concatenate(cols).astype(dtype, copy=False)
+    return crow, col, np.concatenate(vals) if values else None  # type: ignore[arg-type]
 
 
 def check_connections(size: int, sparsity: float, owner: str = "random_reservoir") -> None:
@@ -135,9 +207,8 @@ def random_reservoir(
     check_connections(size, sparsity)
     if not radius >= 0.0:
         raise ValueError(f"random_reservoir: expected radius >= 0, got radius={radius!r}")
-    rng = make_rng(seed, *key)
-    crow, col = random_pattern(size, sparsity, rng)
-    values = rng.standard_normal((col.shape[0],))
+    crow, col, drawn = drawn_rows(size, sparsity, seed, key, values=True)
+    values = cast(np.ndarray, drawn)
     if radius == 0.0:
         return Reservoir(crow, col, np.zeros_like(values), size, 0.0, 0.0, "zero")
     matrix = sp.csr_array((values, col, crow), shape=(size, size))
@@ -159,8 +230,9 @@ def random_reservoir(
     return Reservoir(crow, col, values, size, stored.radius, stored.error, stored.method)
 
 
-def measured_on(matrix: sp.csr_array, estimate: RadiusEstimate) -> RadiusEstimate:
-    """``estimate`` (of another multiple of ``matrix``, already scaled) checked on ``matrix`` itself.
+def measured_on(matrix: sp.csr_array | Rows, estimate: RadiusEstimate) -> RadiusEstimate:
+    """``estimate`` (of another multiple of ``matrix``, already scaled) checked on ``matrix`` itself
+    (a whole matrix, or one process's :class:`~esgp_sparse.init.Rows` of a distributed one).
 
     Where the estimate has an eigenvector ``v``, the radius is measured afresh on ``matrix``: the
     Rayleigh quotient ``|v^H A v| / |v|^2`` with its residual, one product. Without one (the power
@@ -169,9 +241,69 @@ def measured_on(matrix: sp.csr_array, estimate: RadiusEstimate) -> RadiusEstimat
     """
     if estimate.vector is None:
         return estimate
+    rows = matrix if isinstance(matrix, Rows) else whole_rows(matrix)
     v = estimate.vector
-    value = complex(np.vdot(v, matrix @ v) / np.vdot(v, v))
-    return RadiusEstimate(abs(value), _residual(matrix, value, v), estimate.method, estimate.products + 2, v)
+    value = complex(rows.dot(v, rows.apply(v)) / rows.dot(v, v))
+    return RadiusEstimate(abs(value), _residual(rows, value, v), estimate.method, estimate.products + 2, v)
+
+
+class ReservoirRows(NamedTuple):
+    """One process's rows ``start : start + m`` of a reservoir distributed by rows, and the facts
+    measured on the whole (distributed) matrix; see :class:`Reservoir` for the attributes."""
+
+    crow_indices: np.ndarray
+    col_indices: np.ndarray
+    values: np.ndarray
+    size: int
+    start: int
+    radius: float
+    radius_error: float = float("nan")
+    radius_method: str = "unknown"
+
+
+def random_reservoir_rows(
+    size: int,
+    sparsity: float,
+    radius: float,
+    seed: int,
+    rows: tuple[int, int],
+    gather: Callable[[np.ndarray], np.ndarray],
+    total: Callable[[np.ndarray], np.ndarray],
+    *,
+    key: tuple[int, ...] = (),
+    radius_method: RadiusMethod = "auto",
+) -> ReservoirRows:
+    """Rows ``start : stop`` of :func:`random_reservoir`'s reservoir, drawn and scaled by one of the
+    processes that hold it by rows; every process calls this at once, each with its own ``rows``
+    (contiguous, in rank order, together every row), and the same other arguments.
+
+    Each process draws only its rows (:func:`drawn_rows`, O(its nnz)); the radius is measured on the
+    distributed matrix (:func:`~esgp_sparse.init.measure_radius_rows`, with ``gather`` and
+    ``total`` the all-gather and all-reduce of :class:`~esgp_sparse.init.Rows`), scaled, and
+    measured again on the stored rows. The values equal ``random_reservoir``'s to the rounding of
+    the radius measured (the sums over processes run in another order). Without the whole graph
+    there is no cycle test: a matrix whose radius measures 0 raises instead.
+    """
+    check_connections(size, sparsity)
+    if not radius >= 0.0:
+        raise ValueError(f"random_reservoir: expected radius >= 0, got radius={radius!r}")
+    crow, col, drawn = drawn_rows(size, sparsity, seed, key, rows, values=True)
+    values = cast(np.ndarray, drawn)
+    if radius == 0.0:
+        return ReservoirRows(crow, col, np.zeros_like(values), size, rows[0], 0.0, 0.0, "zero")
+    local = Rows(sp.csr_array((values, col, crow), shape=(rows[1] - rows[0], size)), rows[0], gather, total)
+    estimate = measure_radius_rows(local, radius_method)
+    if not estimate.radius > 0.0:
+        raise ValueError(
+            f"random_reservoir: the matrix drawn for seed={seed} (hidden_size={size}, sparsity={sparsity}) has "
+            "spectral radius 0, which cannot be scaled; use a higher sparsity or another seed"
+        )
+    scale = radius / estimate.radius
+    values *= scale
+    stored = measured_on(
+        local._replace(matrix=sp.csr_array((values, col, crow), shape=local.matrix.shape)), estimate.scaled(scale)
+    )
+    return ReservoirRows(crow, col, values, size, rows[0], stored.radius, stored.error, stored.method)
 
 
 def reservoir_from_matrix(

@@ -1,0 +1,168 @@
+"""ShardedESGP and ShardedLinear on 2 gloo processes: the same model as one ESGP, split by units.
+
+One spawn runs every case (each spawn costs a few seconds of imports): outputs, h_n, the radius
+and every gradient of a loss on a ShardedLinear readout against ESGP + nn.Linear in float64, with
+the dense, ARPACK and power radius methods, both scalable gates, checkpointing, an uneven split
+(padding) and reservoirs drawn in several row blocks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import esgp_sparse.init.reservoir as reservoir_module
+from esgp_sparse import ESGP
+from esgp_sparse.distributed import ShardedESGP, ShardedLinear, shard_bounds
+from esgp_sparse.init import drawn_rows, random_reservoir
+
+WORLD = 2
+CASES = [
+    # hidden, sparsity, gate, radius method, checkpoint, rows per block
+    (301, 0.05, "diagonal", "auto", False, None),  # dense eigenvalues; 151 + 150 units (padded)
+    (1000, 0.01, "sparse", "arpack", True, 128),  # 8 blocks, split inside one
+    (3001, 0.004, "diagonal", "power", False, 256),
+    (3001, 0.004, "sparse", "power", False, 256),
+]
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def _case(rank: int, hidden: int, sparsity: float, gate: str, method: str, checkpoint: bool, block) -> dict:
+    if block is not None:
+        reservoir_module.BLOCK_ROWS = block
+    kwargs = dict(sparsity=sparsity, spectral_radius=0.9, gate=gate, seed=11, radius_method=method, dtype=torch.float64)
+    torch.manual_seed(5)
+    reference = ESGP(3, hidden, **kwargs)
+    head_reference = nn.Linear(hidden, 4, dtype=torch.float64)
+    torch.manual_seed(5)
+    sharded = ShardedESGP(3, hidden, checkpoint=checkpoint, **kwargs)
+    head = ShardedLinear(hidden, 4, dtype=torch.float64)
+    units = slice(sharded.start, sharded.stop)
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, 3, generator=generator, dtype=torch.float64)
+    h_0 = torch.randn(1, 5, hidden, generator=generator, dtype=torch.float64)
+    out_ref, h_n_ref = reference(x, h_0)
+    loss_ref = head_reference(out_ref[:, -1]).square().sum() + out_ref.sin().sum()
+    loss_ref.backward()
+    out, h_n = sharded(x, h_0[..., units].contiguous())
+    loss = head(out[:, -1]).square().sum() + cast_total(out.sin().sum())
+    loss.backward()
+
+    cell = reference.cells[0]
+    gate_weight = cell.gate.weight if gate == "diagonal" else cell.gate.weight_values
+    offset = int(cell.gate.crow_indices[sharded.start]) if gate == "sparse" else sharded.start
+    gate_units = slice(offset, offset + sharded.gate_weight.numel())
+    errors = {
+        "output": _relative(out, out_ref[..., units]),
+        "h_n": _relative(h_n, h_n_ref[..., units]),
+        "loss": abs(float(loss) - float(loss_ref)) / abs(float(loss_ref)),
+        "Win": _relative(sharded.Win.grad, cell.Win.weight.grad[units]),
+        "gate_weight": _relative(sharded.gate_weight.grad, gate_weight.grad[gate_units]),
+        "gate_bias": _relative(sharded.gate_bias.grad, cell.gate.bias.grad[units]),
+        "head_weight": _relative(head.weight.grad, head_reference.weight.grad[:, units]),
+        "head_bias": _relative(head.bias.grad, head_reference.bias.grad),
+        "radius": abs(sharded.radius - cell.radius) / cell.radius,
+    }
+    return dict(
+        errors=errors,
+        method=sharded.radius_measured_with,
+        reference_method=cell.radius_measured_with,
+        units=[sharded.start, sharded.stop],
+        values_equal_to=_relative(
+            sharded.values, cell.values[cell.crow_indices[sharded.start] : cell.crow_indices[sharded.stop]]
+        ),
+    )
+
+
+def cast_total(partial: torch.Tensor) -> torch.Tensor:
+    """A sum over this rank's units made the sum over every unit (replicated), differentiably."""
+    from esgp_sparse.sharded import _AllReduce, _Group
+
+    return _AllReduce.apply(partial, _Group(None, WORLD, "test"))
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    try:
+        results = [_case(rank, *case) for case in CASES]
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)  # at once: mp.spawn then stops the other rank, which waits in a collective
+    Path(out, f"{rank}.json").write_text(json.dumps(results))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> list[list[dict]]:
+    out = tmp_path_factory.mktemp("sharded")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(out)), nprocs=WORLD, join=True)
+    return [json.loads(Path(out, f"{rank}.json").read_text()) for rank in range(WORLD)]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
+def test_sharded_equals_the_single_process_model(results, index):
+    hidden = CASES[index][0]
+    bounds = shard_bounds(hidden, WORLD)
+    for rank in range(WORLD):
+        result = results[rank][index]
+        assert result["units"] == bounds[rank : rank + 2]
+        assert result["method"] == result["reference_method"]
+        assert result["values_equal_to"] < 1e-12
+        for name, error in result["errors"].items():
+            assert error < 1e-10, (rank, name, error)
+
+
+def test_the_methods_measured_are_those_asked_for(results):
+    assert [results[0][i]["method"] for i in range(len(CASES))] == ["dense", "arpack", "power+ritz", "power+ritz"]
+
+
+def test_shard_bounds_are_contiguous_and_balanced():
+    assert shard_bounds(10, 3) == [0, 4, 7, 10]
+    assert shard_bounds(4, 4) == [0, 1, 2, 3, 4]
+    for size, world in [(1000, 7), (65_537, 2)]:
+        sizes = np.diff(shard_bounds(size, world))
+        assert sizes.sum() == size and sizes.max() - sizes.min() <= 1
+
+
+@pytest.mark.parametrize("rows", [(0, 1000), (0, 130), (100, 700), (256, 512), (999, 1000), (500, 500)])
+def test_any_range_of_rows_is_drawn_as_in_the_whole_matrix(monkeypatch, rows):
+    monkeypatch.setattr(reservoir_module, "BLOCK_ROWS", 128)
+    crow, col, values = drawn_rows(1000, 0.02, 7, (0,), values=True)
+    whole = sp.csr_array((values, col, crow), shape=(1000, 1000))
+    crow_r, col_r, values_r = drawn_rows(1000, 0.02, 7, (0,), rows, values=True)
+    part = sp.csr_array((values_r, col_r, crow_r), shape=(rows[1] - rows[0], 1000))
+    assert (whole[rows[0] : rows[1]] != part).nnz == 0
+    assert crow_r.dtype == col_r.dtype == np.int32
+
+
+def test_a_reservoir_of_one_block_is_the_one_0_1_drew():
+    # 0.1 drew the pattern and then the values of the whole matrix from the stream (seed, key).
+    rng = reservoir_module.make_rng(3, 0)
+    crow, col = reservoir_module.random_pattern(500, 0.02, rng)
+    values = rng.standard_normal(col.shape[0])
+    drawn = random_reservoir(500, 0.02, 0.9, 3, key=(0,))
+    np.testing.assert_array_equal(drawn.col_indices, col)
+    np.testing.assert_array_equal(drawn.crow_indices, crow)
+    np.testing.assert_allclose(drawn.values / values, drawn.values[0] / values[0], rtol=1e-12)
