@@ -8,14 +8,22 @@ which no earlier allocation can hide.
     python benchmarks/peak_memory.py --model original --hidden 4096 --sparsity 0.01 --input-size 64 \\
         --steps 100 --batch 32
 
-Prints one JSON line. A train step is a linear readout at every step and an MSE (then an Adam step
-unless ``--no-optimizer``); ``--forward`` runs forwards without autograd instead.
+    python benchmarks/peak_memory.py --hidden 10000000 --per-unit 10 --checkpoint --batch 4 --readout last
+    python benchmarks/peak_memory.py --hidden 10000000 --per-unit 10 --checkpoint --batch 4 --readout last \
+        --ranks 2                                             # ShardedESGP on 2 gloo processes
+
+Prints one JSON line. A train step is a linear readout (at every step, or of the last state with
+``--readout last``) and an MSE (then an Adam step unless ``--no-optimizer``); ``--forward`` runs
+forwards without autograd instead. With ``--ranks N`` the model is a ShardedESGP with a
+ShardedLinear readout on N gloo processes of this machine, each of which reports its own peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import time
 
 import torch
@@ -29,6 +37,12 @@ def _rounded(mib: float | None) -> float | None:
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
     sparsity = args.sparsity if args.sparsity is not None else args.per_unit / args.hidden
+    if args.ranks > 1:
+        from esgp_sparse.distributed import ShardedESGP
+
+        return ShardedESGP(
+            args.input_size, args.hidden, sparsity=sparsity, gate=args.gate, seed=0, checkpoint=args.checkpoint
+        )
     if args.model == "esgp_sparse":
         from esgp_sparse import ESGP
 
@@ -63,18 +77,51 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="train steps (or forwards) to run")
     parser.add_argument("--forward", action="store_true", help="forwards without autograd instead of train steps")
     parser.add_argument("--no-optimizer", dest="optimizer", action="store_false", help="no Adam step")
+    parser.add_argument("--readout", choices=("every", "last"), default="every", help="read out every step or the last")
+    parser.add_argument("--ranks", type=int, default=1, help="shard the units over this many gloo processes")
     args = parser.parse_args()
+    if args.ranks == 1:
+        print(json.dumps(run(args)))
+        return
+    import torch.multiprocessing as mp
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_rank, args=(args, port, queue), nprocs=args.ranks, join=True)
+    ranks = sorted((queue.get() for _ in range(args.ranks)), key=lambda info: info["rank"])
+    print(json.dumps(dict(vars(args), ranks=ranks)))
+
+
+def _rank(rank: int, args: argparse.Namespace, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.ranks))
+    dist.init_process_group("gloo", rank=rank, world_size=args.ranks)
+    info = run(args)
+    queue.put(dict(rank=rank, **{k: v for k, v in info.items() if k not in vars(args)}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     base = peak_rss_mib()
     start = time.perf_counter()
     model = build(args)
     built = time.perf_counter() - start
-    readout = torch.nn.Linear(args.hidden, 1)
+    if args.ranks > 1:
+        from esgp_sparse.distributed import ShardedLinear
+
+        readout: torch.nn.Module = ShardedLinear(args.hidden, 1)
+    else:
+        readout = torch.nn.Linear(args.hidden, 1)
     params = [*model.parameters(), *readout.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3) if args.optimizer else None
     x = torch.randn(args.batch, args.steps, args.input_size)
-    y = torch.randn(args.batch, args.steps, 1)
+    y = torch.randn(args.batch, args.steps if args.readout == "every" else 1, 1)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -85,7 +132,8 @@ def main() -> None:
             for p in params:
                 p.grad = None
             output = model(x)[0]
-            torch.nn.functional.mse_loss(readout(output), y).backward()  # a linear readout at every step
+            read = output if args.readout == "every" else output[:, -1:]
+            torch.nn.functional.mse_loss(readout(read), y).backward()
             if optimizer is not None:
                 optimizer.step()
         times.append(time.perf_counter() - start)
@@ -96,7 +144,15 @@ def main() -> None:
         peak_rss_mib=_rounded(peak_rss_mib()),
         import_rss_mib=_rounded(base),
     )
-    if args.model == "esgp_sparse":
+    if args.ranks > 1:
+        info.update(
+            units=[model.start, model.stop],
+            nnz=model.nnz,
+            radius=model.radius,
+            radius_error=model.radius_error,
+            radius_measured_with=model.radius_measured_with,
+        )
+    elif args.model == "esgp_sparse":
         cell = model.cells[0]
         info.update(
             nnz=cell.nnz,
@@ -105,7 +161,7 @@ def main() -> None:
             radius_error=cell.radius_error,
             radius_measured_with=cell.radius_measured_with,
         )
-    print(json.dumps(info))
+    return info
 
 
 if __name__ == "__main__":

@@ -59,6 +59,17 @@ class _Group:
         self.bounds = shard_bounds(size, self.world)
         self.start, self.stop = self.bounds[self.rank], self.bounds[self.rank + 1]
         self.padded = self.bounds[1] - self.bounds[0]  # the most units any rank holds
+        # The rows of a gathered buffer that hold units (all of them unless the split is uneven).
+        self.keep = (
+            None
+            if size % self.world == 0
+            else np.concatenate(
+                [
+                    np.arange(r * self.padded, r * self.padded + self.bounds[r + 1] - self.bounds[r])
+                    for r in range(self.world)
+                ]
+            )
+        )
         nccl = dist.get_backend(group) == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
@@ -77,13 +88,7 @@ class _Group:
         if tensor.is_complex():
             return self.gather_numpy(local.real) + 1j * self.gather_numpy(local.imag)
         out = self.gather(tensor.to(self.device)).cpu().numpy()
-        keep = np.concatenate(
-            [
-                np.arange(r * self.padded, r * self.padded + self.bounds[r + 1] - self.bounds[r])
-                for r in range(self.world)
-            ]
-        )
-        return out[keep]
+        return out if self.keep is None else out[self.keep]
 
     def total_numpy(self, array: np.ndarray) -> np.ndarray:
         array = np.asarray(array)

@@ -312,8 +312,9 @@ def _ritz(rows: Rows, start: np.ndarray, size: int) -> tuple[complex, np.ndarray
     basis[0] = start / rows.norm(start)
     for j in range(size):
         w = rows.apply(basis[j])
-        norm_before = rows.norm(w)
-        h = rows.total(basis[: j + 1] @ w)  # classical Gram-Schmidt ...
+        # classical Gram-Schmidt ... (the projections and |w|^2 summed over the processes at once)
+        sums = rows.total(np.append(basis[: j + 1] @ w, w @ w))
+        h, norm_before = sums[:-1], float(np.sqrt(sums[-1]))
         w -= h @ basis[: j + 1]
         hessenberg[: j + 1, j] = h
         norm = rows.norm(w)
@@ -335,15 +336,16 @@ def _ritz(rows: Rows, start: np.ndarray, size: int) -> tuple[complex, np.ndarray
 
 def _power_radius(rows: Rows, power_tol: float, max_iterations: int) -> RadiusEstimate:
     """See :func:`measure_radius`, ``"power"``."""
-    x = _start_block(rows.size, 1)[0][rows.start : rows.start + rows.matrix.shape[0]]
-    x /= rows.norm(x)
+    # The iterate is kept whole on every process: one all-gather a step and no other collective.
+    x = _start_block(rows.size, 1)[0]
+    x /= np.linalg.norm(x)
     log_growth = np.empty(max_iterations)
     next_ritz = POWER_FIRST_RITZ
     products = 0
     estimate, diagnostic = float("nan"), float("inf")
     for step in range(max_iterations):
-        image = rows.apply(x)
-        norm = rows.norm(image)
+        image = rows.gather(np.asarray(rows.matrix @ x))
+        norm = float(np.linalg.norm(image))
         if norm == 0.0:  # A^i x = 0 for a random x: only a nilpotent matrix does that
             return RadiusEstimate(0.0, 0.0, "power", products + step + 1)
         log_growth[step] = np.log(norm)
@@ -355,7 +357,7 @@ def _power_radius(rows: Rows, power_tol: float, max_iterations: int) -> RadiusEs
         # The growth rate over the second half, and how far it moved from the quarter before.
         estimate = float(np.exp(log_growth[done // 2 : done].mean()))
         diagnostic = float(np.expm1(abs(np.log(estimate) - log_growth[done // 4 : done // 2].mean())))
-        value, vector, residual, spent = _ritz(rows, x, RITZ_SIZE)
+        value, vector, residual, spent = _ritz(rows, x[rows.start : rows.start + rows.matrix.shape[0]], RITZ_SIZE)
         products += spent
         # A converged eigenvalue no smaller than the growth rate allows (the growth rate swings by
         # up to 0.9 % around a non-normal complex pair, and trails a crowded edge): the dominant one.
