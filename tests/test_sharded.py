@@ -166,3 +166,16 @@ def test_a_reservoir_of_one_block_is_the_one_0_1_drew():
     np.testing.assert_array_equal(drawn.col_indices, col)
     np.testing.assert_array_equal(drawn.crow_indices, crow)
     np.testing.assert_allclose(drawn.values / values, drawn.values[0] / values[0], rtol=1e-12)
+
+
+def test_bad_arguments_are_refused_before_any_collective():
+    with pytest.raises(ValueError, match=r"ShardedESGP: expected gate to be one of \('diagonal', 'sparse'\), got gate='dense'"):
+        ShardedESGP(3, 100, gate="dense")
+    with pytest.raises(ValueError, match=r"expected num_layers=1 \(one sharded layer\), got num_layers=2"):
+        ShardedESGP(3, 100, num_layers=2)
+    with pytest.raises(ValueError, match=r"at least 1 recurrent connection per unit"):
+        ShardedESGP(3, 100, sparsity=0.001)
+    with pytest.raises(RuntimeError, match=r"ShardedESGP: needs an initialised torch.distributed process group"):
+        ShardedESGP(3, 100)
+    with pytest.raises(RuntimeError, match=r"ShardedLinear: needs an initialised torch.distributed process group"):
+        ShardedLinear(100, 2)
