@@ -105,6 +105,8 @@ class Rows(NamedTuple):
 
     def apply(self, local: np.ndarray) -> np.ndarray:
         """The local rows of ``A x`` for ``x`` given by its local rows."""
+        if np.iscomplexobj(local):  # parts apart: scipy would copy the whole matrix to complex
+            return self.apply(local.real) + 1j * self.apply(local.imag)
         return np.asarray(self.matrix @ self.gather(local))
 
     def dot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -330,7 +332,9 @@ def _ritz(rows: Rows, start: np.ndarray, size: int) -> tuple[complex, np.ndarray
         basis[j + 1] = w / norm
     values, vectors = la.eig(hessenberg[:size, :size])
     i = int(np.argmax(np.abs(values)))
-    vector = basis[:size].T @ vectors[:, i]
+    # Real and imaginary parts apart: a real basis times a complex vector would first copy the basis
+    # to complex (16 bytes per unit and vector: 16 GB at 10^7 units).
+    vector = basis[:size].T @ vectors[:, i].real + 1j * (basis[:size].T @ vectors[:, i].imag)
     return complex(values[i]), vector, _residual(rows, values[i], vector), size + 1
 
 
