@@ -379,7 +379,9 @@ class ShardedLinear(nn.Module):
     """A readout whose input features are the units of a :class:`ShardedESGP`: rank ``r`` holds the
     weight's columns for its units, and the forward all-reduces the partial products, so every rank
     gets the same, whole result (replicated logits). Drawn as ``nn.Linear(in_features,
-    out_features)`` is from torch's generator, then sliced.
+    out_features)`` is from torch's generator, then sliced. The backward passes the gradient of the
+    result through unchanged, which is right when every rank computes the same loss from it (the
+    same targets on every rank, as the input is the same).
 
     Shape: input (..., H_rank) on every rank; output (..., out_features), the same on every rank.
     """

@@ -169,7 +169,9 @@ def test_a_reservoir_of_one_block_is_the_one_0_1_drew():
 
 
 def test_bad_arguments_are_refused_before_any_collective():
-    with pytest.raises(ValueError, match=r"ShardedESGP: expected gate to be one of \('diagonal', 'sparse'\), got gate='dense'"):
+    with pytest.raises(
+        ValueError, match=r"ShardedESGP: expected gate to be one of \('diagonal', 'sparse'\), got gate='dense'"
+    ):
         ShardedESGP(3, 100, gate="dense")
     with pytest.raises(ValueError, match=r"expected num_layers=1 \(one sharded layer\), got num_layers=2"):
         ShardedESGP(3, 100, num_layers=2)

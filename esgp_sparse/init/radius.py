@@ -110,7 +110,7 @@ class Rows(NamedTuple):
         return np.asarray(self.matrix @ self.gather(local))
 
     def dot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``a^H b`` (vectors or the rows of 2-D arrays' columns), summed over the processes."""
+        """``a^H b`` for vectors given by their local rows: the local products summed over the processes."""
         return self.total(np.asarray(a.conj().T @ b))
 
     def norm(self, local: np.ndarray) -> float:
@@ -253,10 +253,11 @@ def measure_radius_rows(
     The methods are those of :func:`measure_radius`, each on the distributed matrix: a product is
     the local rows times the all-gathered vector, an inner product an all-reduced sum. ``"dense"``
     gathers the whole matrix and ``"arpack"`` runs the same ARPACK on every process on whole
-    vectors (both for the sizes ``"auto"`` gives them); the power iteration and its Rayleigh-Ritz
-    steps keep only the local rows of each vector. With one process (:func:`whole_rows`) this is
-    :func:`measure_radius` exactly, less its cycle test, which needs the whole graph: here a nilpotent
-    matrix shows as a radius of 0 (or a tiny one, with a warning, from the power iteration).
+    vectors (both for the sizes ``"auto"`` gives them); the power iteration keeps its iterate whole
+    on every process (one all-gather a step, no other collective) and its Rayleigh-Ritz basis by
+    rows. With one process (:func:`whole_rows`) this is :func:`measure_radius` exactly, less its
+    cycle test, which needs the whole graph: here a nilpotent matrix shows as a radius of 0 (or a
+    tiny one, with a warning, from the power iteration).
     """
     if method not in RADIUS_METHODS:
         raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")

@@ -188,9 +188,10 @@ def random_reservoir(
     """A random sparse reservoir whose spectral radius (of the matrix actually stored) is given.
 
     Each of the ``size^2`` connections is present with probability ``sparsity``; present values are
-    standard normal (both drawn in blocks of :data:`BLOCK_ROWS` rows, see :func:`drawn_rows`), then scaled by ``radius / rho`` where ``rho`` is the radius measured on this
-    very sparse matrix (see :func:`measure_radius`). The radius reported is then measured on the
-    stored, scaled matrix (:func:`measured_on`), with its error estimate and method.
+    standard normal (both drawn in blocks of :data:`BLOCK_ROWS` rows, see :func:`drawn_rows`), then
+    scaled by ``radius / rho`` where ``rho`` is the radius measured on this very sparse matrix (see
+    :func:`measure_radius`). The radius reported is then measured on the stored, scaled matrix
+    (:func:`measured_on`), with its error estimate and method.
 
     Args:
         size: number of units n.
