@@ -80,6 +80,10 @@ def main() -> None:
     parser.add_argument("--readout", choices=("every", "last"), default="every", help="read out every step or the last")
     parser.add_argument("--ranks", type=int, default=1, help="shard the units over this many gloo processes")
     args = parser.parse_args()
+    if args.ranks < 1:
+        parser.error(f"argument --ranks: expected >= 1, got {args.ranks}")
+    if args.ranks > 1 and (args.model != "esgp_sparse" or args.path != "auto" or args.gate == "dense"):
+        parser.error("argument --ranks: shards esgp_sparse's ShardedESGP (gate diagonal or sparse, path auto) only")
     if args.ranks == 1:
         print(json.dumps(run(args)))
         return

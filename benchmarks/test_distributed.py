@@ -8,7 +8,9 @@ The sharded case's timed call sends "step" to both ranks and waits for both to f
 round trip is well under a millisecond). Each rank also times its collectives (all-gather,
 reduce-scatter, all-reduce, including any wait for the other rank): ``extra_info`` gives their
 share of the step per rank (``communication_s``, mean over the timed rounds) beside the rest
-(``compute_s``). The two ranks and the single process never run at once.
+(``compute_s``). The two ranks and the single process never run at once. gloo runs a
+reduce-scatter as an all-reduce of the whole buffer (about twice the bytes of NCCL's), and both
+ranks share this machine's 2 cores and memory bandwidth: the communication here is an upper figure.
 """
 
 from __future__ import annotations

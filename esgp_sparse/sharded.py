@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from . import _checks
@@ -48,14 +49,14 @@ def shard_bounds(size: int, world: int) -> list[int]:
 class _Group:
     """A process group, this rank's place in it, and the device its collectives run on."""
 
-    def __init__(self, group: dist.ProcessGroup | None, size: int, owner: str) -> None:
+    def __init__(self, group: dist.ProcessGroup | None, size: int, owner: str, name: str = "hidden_size") -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(f"{owner}: needs an initialised torch.distributed process group (init_process_group)")
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         if size < self.world:
-            raise ValueError(f"{owner}: expected hidden_size >= the group's {self.world} ranks, got {size}")
+            raise ValueError(f"{owner}: expected {name} >= the group's {self.world} ranks, got {name}={size}")
         self.bounds = shard_bounds(size, self.world)
         self.start, self.stop = self.bounds[self.rank], self.bounds[self.rank + 1]
         self.padded = self.bounds[1] - self.bounds[0]  # the most units any rank holds
@@ -72,6 +73,9 @@ class _Group:
         )
         nccl = dist.get_backend(group) == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+    def __deepcopy__(self, memo: dict) -> _Group:
+        return self  # a copy of a module (an EMA, say) runs in the same process group
 
     @property
     def local(self) -> int:
@@ -126,6 +130,7 @@ class _GatherUnits(torch.autograd.Function):
         return group.gather(local)
 
     @staticmethod
+    @once_differentiable  # the collective is not tracked: a double backward raises, never drops terms
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return ctx.group.reduce_scatter(grad), None
 
@@ -152,31 +157,37 @@ class _RowsProduct(torch.autograd.Function):
         return csr_matmul(module.crow_indices, module.col_indices, module.values, x)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         m = ctx.module
         return csr_matmul(m.crow_indices_t, m.col_indices_t, m.values_t, grad.contiguous()), None
 
 
 class _GateProduct(torch.autograd.Function):
-    """``W_g @ x`` for this rank's rows of the sparse gate, differentiable in its values and ``x``."""
+    """``W_g @ x`` for this rank's rows of the sparse gate and ``x`` every rank's candidate states,
+    given by this rank's (H_rank, B): the all-gather happens inside, and the backward gathers again
+    rather than keep the whole (H, B) candidate of every step (T x B x H values on every rank)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, values: Tensor, module: ShardedESGP) -> Tensor:
+    def forward(ctx: Any, local: Tensor, values: Tensor, module: ShardedESGP) -> Tensor:
         ctx.module = module
-        ctx.save_for_backward(x, values)
-        return csr_matmul(module.gate_crow_indices, module.gate_col_indices, values, x)
+        ctx.save_for_backward(local, values)
+        return csr_matmul(module.gate_crow_indices, module.gate_col_indices, values, module._group.gather(local))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        x, values = ctx.saved_tensors
+        local, values = ctx.saved_tensors
         m = ctx.module
         grad = grad.contiguous()
-        grad_x = grad_values = None
+        grad_local = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_x = csr_matmul(m.gate_crow_indices_t, m.gate_col_indices_t, values[m.gate_perm_t], grad)
+            full = csr_matmul(m.gate_crow_indices_t, m.gate_col_indices_t, values[m.gate_perm_t], grad)
+            grad_local = m._group.reduce_scatter(full)
         if ctx.needs_input_grad[1]:
+            x = m._group.gather(local)
             grad_values = csr_sampled_matmul(m.gate_crow_indices, m.gate_col_indices, grad, x.t().contiguous())
-        return grad_x, grad_values, None
+        return grad_local, grad_values, None
 
 
 class ShardedESGP(FixedBuffers):
@@ -185,7 +196,8 @@ class ShardedESGP(FixedBuffers):
     Every rank builds the module at once (a collective). Rank ``r`` holds units
     ``shard_bounds(H, R)[r] : shard_bounds(H, R)[r + 1]`` (:attr:`start`, :attr:`stop`): its rows of the
     reservoir, of ``Win`` and of the gate, drawn alone (see the module's docstring). The input is
-    the same on every rank; the output and ``h_n`` hold this rank's units. For the same ``seed`` and
+    the same on every rank (its batch size and length must be: a rank that differs waits in a
+    collective); the output and ``h_n`` hold this rank's units. For the same ``seed`` and
     torch generator state, the ranks' outputs concatenated along the hidden dimension equal
     ``ESGP(input_size, hidden_size, ..., gate=gate, seed=seed)``'s, and so do the gradients of a
     loss on a :class:`ShardedLinear` readout (to rounding: the sums over ranks run in another
@@ -256,6 +268,11 @@ class ShardedESGP(FixedBuffers):
         seed = _checks.check_seed(_OWNER, seed)
         self._group = _Group(process_group, self.hidden_size, _OWNER)
         g = self._group
+        if g.device.type == "cuda" and device.type != "cuda":
+            raise ValueError(
+                f"{_OWNER}: expected device on cuda for an NCCL process group, got device={str(device)!r}; "
+                "pass device=torch.device('cuda', local_rank), or use a gloo group on the CPU"
+            )
         self.start, self.stop = g.start, g.stop
         self.seed = self._broadcast_seed() if seed is None else seed
         cell_seed = derive_seed(self.seed, 0)  # what ESGP gives its first layer
@@ -318,6 +335,31 @@ class ShardedESGP(FixedBuffers):
         for name, tensor in (("crow_indices_t", crow_t), ("col_indices_t", col_t), ("perm_t", perm_t)):
             self.register_buffer(prefix + name, tensor.to(device), persistent=False)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        with torch.no_grad():  # the backward's copy of the values, in the transpose's order
+            self.values_t = self.values[self.perm_t]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "units": [self.start, self.stop, self.hidden_size],
+            "radius": self.radius,
+            "radius_error": self.radius_error,
+            "radius_measured_with": self.radius_measured_with,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if list(state["units"]) != [self.start, self.stop, self.hidden_size]:
+            raise ValueError(
+                f"{_OWNER}.load_state_dict: the state holds units {state['units'][0]}:{state['units'][1]} of "
+                f"{state['units'][2]}, this rank units {self.start}:{self.stop} of {self.hidden_size}; load each "
+                "rank's own state into a model sharded over as many ranks"
+            )
+        self.seed = state["seed"]
+        self.radius, self.radius_error = float(state["radius"]), float(state["radius_error"])
+        self.radius_measured_with = str(state["radius_measured_with"])
+
     @property
     def nnz(self) -> int:
         """This rank's stored reservoir entries."""
@@ -330,7 +372,7 @@ class ShardedESGP(FixedBuffers):
         if self.gate_type == "diagonal":
             gate_in = self.gate_weight[:, None] * candidate
         else:
-            gate_in = _GateProduct.apply(_GatherUnits.apply(candidate, g), self.gate_weight, self)
+            gate_in = _GateProduct.apply(candidate, self.gate_weight, self)
         gate = torch.sigmoid(gate_in + self.gate_bias[:, None])
         h = torch.lerp(h, candidate, gate)
         return h, h
@@ -400,7 +442,7 @@ class ShardedLinear(nn.Module):
         owner = "ShardedLinear"
         self.in_features = _checks.check_int(owner, "in_features", in_features, 1)
         self.out_features = _checks.check_int(owner, "out_features", out_features, 1)
-        self._group = _Group(process_group, self.in_features, owner)
+        self._group = _Group(process_group, self.in_features, owner, "in_features")
         full = nn.Linear(in_features, out_features, bias, device=device, dtype=dtype)
         self.weight = nn.Parameter(full.weight[:, self._group.start : self._group.stop].detach().clone())
         self.bias = full.bias

@@ -9,6 +9,7 @@ the dense, ARPACK and power radius methods, both scalable gates, checkpointing, 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -146,7 +147,9 @@ def test_shard_bounds_are_contiguous_and_balanced():
         assert sizes.sum() == size and sizes.max() - sizes.min() <= 1
 
 
-@pytest.mark.parametrize("rows", [(0, 1000), (0, 130), (100, 700), (256, 512), (999, 1000), (500, 500)])
+@pytest.mark.parametrize(
+    "rows", [(0, 1000), (0, 130), (100, 700), (256, 512), (999, 1000), (500, 500), (512, 512), (0, 0)]
+)
 def test_any_range_of_rows_is_drawn_as_in_the_whole_matrix(monkeypatch, rows):
     monkeypatch.setattr(reservoir_module, "BLOCK_ROWS", 128)
     crow, col, values = drawn_rows(1000, 0.02, 7, (0,), values=True)
@@ -157,15 +160,35 @@ def test_any_range_of_rows_is_drawn_as_in_the_whole_matrix(monkeypatch, rows):
     assert crow_r.dtype == col_r.dtype == np.int32
 
 
-def test_a_reservoir_of_one_block_is_the_one_0_1_drew():
-    # 0.1 drew the pattern and then the values of the whole matrix from the stream (seed, key).
-    rng = reservoir_module.make_rng(3, 0)
-    crow, col = reservoir_module.random_pattern(500, 0.02, rng)
-    values = rng.standard_normal(col.shape[0])
-    drawn = random_reservoir(500, 0.02, 0.9, 3, key=(0,))
-    np.testing.assert_array_equal(drawn.col_indices, col)
-    np.testing.assert_array_equal(drawn.crow_indices, crow)
-    np.testing.assert_allclose(drawn.values / values, drawn.values[0] / values[0], rtol=1e-12)
+# Made by esgp_sparse 0.1.0 (commit 6682856): sha256 (first 16 hex digits) of the reservoir's CSR
+# arrays and of the sparse gate's pattern, random_reservoir(n, 10 / n, 0.9, seed=3, key=(0,)) and
+# random_pattern(n, 10 / n, make_rng(3, 1)), and the sums of the values and of their squares.
+GOLDEN_0_1 = {
+    500: ("d146617871a3db71", "21f1dd5d18e46e88", "69137a401ca5b1f9", -13.39737458755492, 402.6311972120958,
+          "25e5124a02007211", "f22391a865bea5c5"),
+    5000: ("645ed21caba5cd0c", "b1c3fe6eb49945ce", "e4136fb29cc611ed", 25.951184880048253, 3896.862692920654,
+           "5fe3905f7120b196", "e1ad3551d283c813"),
+    30000: ("699a6db75c409ac3", "f0eb0a1fa3fa5a10", "d6b4ff9600c0fe6f", -244.19720851286093, 23996.92642301992,
+            "c25eda7098aa239b", "656eb2316238c27c"),
+}  # fmt: skip
+
+
+def _sha(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("n", sorted(GOLDEN_0_1))
+def test_a_reservoir_of_one_block_is_the_one_0_1_drew(n):
+    crow, col, values, total, squares, gate_crow, gate_col = GOLDEN_0_1[n]
+    drawn = random_reservoir(n, 10 / n, 0.9, 3, key=(0,))
+    pattern = drawn_rows(n, 10 / n, 3, (1,))
+    assert (_sha(drawn.crow_indices), _sha(drawn.col_indices)) == (crow, col)
+    assert (_sha(pattern[0]), _sha(pattern[1])) == (gate_crow, gate_col)
+    if n <= 20_000:  # dense eigenvalues and ARPACK: the same operations, the same bits
+        assert _sha(drawn.values) == values
+    # the power iteration's Rayleigh-Ritz sums now run in another order: the same values to rounding
+    assert float(drawn.values.sum()) == pytest.approx(total, rel=1e-12)
+    assert float(np.square(drawn.values).sum()) == pytest.approx(squares, rel=1e-12)
 
 
 def test_bad_arguments_are_refused_before_any_collective():

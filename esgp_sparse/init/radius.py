@@ -366,8 +366,12 @@ def _power_radius(rows: Rows, power_tol: float, max_iterations: int) -> RadiusEs
         products += spent
         # A converged eigenvalue no smaller than the growth rate allows (the growth rate swings by
         # up to 0.9 % around a non-normal complex pair, and trails a crowded edge): the dominant one.
-        if residual <= power_tol / 10 and abs(value) >= estimate * (1 - 5 * power_tol):
-            return RadiusEstimate(abs(value), residual, "power+ritz", products + done, vector)
+        accept = residual <= power_tol / 10 and abs(value) >= estimate * (1 - 5 * power_tol)
+        # Every process takes the first one's decision and value (BLAS on other machines could round
+        # them apart, and a process that stopped alone would leave the others in a collective).
+        accept, radius = rows.total(np.array([float(accept), abs(value)]) if rows.start == 0 else np.zeros(2))
+        if accept > 0:
+            return RadiusEstimate(float(radius), residual, "power+ritz", products + done, vector)
     warnings.warn(
         f"spectral_radius: the power iteration found no converged dominant eigenvalue in {max_iterations} steps on a "
         f"{rows.size} x {rows.size} matrix; its growth rate {estimate:.6g} (relative change "

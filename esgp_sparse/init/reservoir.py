@@ -23,10 +23,13 @@ from .radius import (
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 #: A reservoir's rows are drawn in blocks of this many, block ``b`` from its own random stream
-#: (``key + (b,)``; block 0 from ``key`` itself), so that any range of rows, one process's share of
+#: (``key + (0xB10C, b)``; block 0 from ``key`` itself), so that any range of rows, one process's share of
 #: a sharded reservoir, can be drawn alone in O(its nnz) and equals those rows of the whole draw.
 #: A reservoir of up to ``BLOCK_ROWS`` units is one block: the one esgp_sparse 0.1 drew.
 BLOCK_ROWS = 65_536
+# Tags the blocks' spawn keys, so that no block's stream is another key's stream (key + (1,) is the
+# sparse gate's pattern, for one).
+_BLOCK_TAG = 0xB10C
 
 
 class Reservoir(NamedTuple):
@@ -133,10 +136,13 @@ def drawn_rows(
     start, stop = (0, size) if rows is None else rows
     if not 0 <= start <= stop <= size:
         raise ValueError(f"drawn_rows: expected 0 <= start <= stop <= size={size}, got rows={rows}")
+    if start == stop:
+        dtype = index_dtype(size, 0)
+        return np.zeros(1, dtype), np.zeros(0, dtype), np.zeros(0) if values else None
     counts, cols, vals = [], [], []
     for block in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
         low = block * BLOCK_ROWS
-        rng = make_rng(seed, *key) if block == 0 else make_rng(seed, *key, block)
+        rng = make_rng(seed, *key) if block == 0 else make_rng(seed, *key, _BLOCK_TAG, block)
         crow, col = _bernoulli_rows(min(size, low + BLOCK_ROWS) - low, size, density, rng)
         drawn = rng.standard_normal((col.shape[0],)) if values else None
         first, last = max(start, low) - low, min(stop, low + BLOCK_ROWS) - low
