@@ -148,6 +148,22 @@ class _AllReduce(torch.autograd.Function):
         return grad, None
 
 
+class _Replicated(torch.autograd.Function):
+    """The identity on an input every rank holds alike; the backward sums the ranks' gradients, each
+    of which covers only the paths through that rank's units, so that every rank gets the whole
+    gradient (and a replicated module upstream stays the same on every rank)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: _Group) -> Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.group.all_reduce(grad), None
+
+
 class _RowsProduct(torch.autograd.Function):
     """``W @ x`` for this rank's fixed rows ``W`` (CSR, with its transpose for the backward)."""
 
@@ -197,7 +213,8 @@ class ShardedESGP(FixedBuffers):
     ``shard_bounds(H, R)[r] : shard_bounds(H, R)[r + 1]`` (:attr:`start`, :attr:`stop`): its rows of the
     reservoir, of ``Win`` and of the gate, drawn alone (see the module's docstring). The input is
     the same on every rank (its batch size and length must be: a rank that differs waits in a
-    collective); the output and ``h_n`` hold this rank's units. For the same ``seed`` and
+    collective), and its gradient is the whole one on every rank (all-reduced in the backward); the
+    output and ``h_n`` hold this rank's units. For the same ``seed`` and
     torch generator state, the ranks' outputs concatenated along the hidden dimension equal
     ``ESGP(input_size, hidden_size, ..., gate=gate, seed=seed)``'s, and so do the gradients of a
     loss on a :class:`ShardedLinear` readout (to rounding: the sums over ranks run in another
@@ -395,6 +412,8 @@ class ShardedESGP(FixedBuffers):
                     f"{_OWNER}: expected h_0 of shape {expected} (1, batch, this rank's units), got {tuple(h_0.shape)}"
                 )
             h = _checks.check_tensor(_OWNER, "h_0", h_0, (3,), self.Win)[0].t()
+        if x.requires_grad:
+            x = _Replicated.apply(x, self._group)
         # W_in x for every step at once, in rows layout: (T, H_rank, B).
         inputs = torch.einsum("bti,hi->thb", x, self.Win)
         states = []

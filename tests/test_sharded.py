@@ -8,6 +8,7 @@ the dense, ARPACK and power radius methods, both scalable gates, checkpointing, 
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -65,6 +66,16 @@ def _case(rank: int, hidden: int, sparsity: float, gate: str, method: str, check
     loss = head(out[:, -1]).square().sum() + cast_total(out.sin().sum())
     loss.backward()
 
+    # A deep copy (an EMA, say) runs in the same group; a state_dict loads into it, values_t too.
+    clone = copy.deepcopy(sharded)
+    with torch.no_grad():
+        clone.values.mul_(2.0)
+        clone.values_t.mul_(3.0)  # stale on purpose: load_state_dict must rebuild it
+    clone.load_state_dict(sharded.state_dict())
+    x.requires_grad_(True)
+    clone_loss = clone(x, h_0[..., units].contiguous())[0].sin().sum()
+    (clone_grad,) = torch.autograd.grad(cast_total(clone_loss), x)
+    (x_grad_ref,) = torch.autograd.grad(reference(x, h_0)[0].sin().sum(), x)  # the whole gradient, on every rank
     cell = reference.cells[0]
     gate_weight = cell.gate.weight if gate == "diagonal" else cell.gate.weight_values
     offset = int(cell.gate.crow_indices[sharded.start]) if gate == "sparse" else sharded.start
@@ -79,6 +90,7 @@ def _case(rank: int, hidden: int, sparsity: float, gate: str, method: str, check
         "head_weight": _relative(head.weight.grad, head_reference.weight.grad[:, units]),
         "head_bias": _relative(head.bias.grad, head_reference.bias.grad),
         "radius": abs(sharded.radius - cell.radius) / cell.radius,
+        "copy_input_grad": _relative(clone_grad, x_grad_ref),
     }
     return dict(
         errors=errors,
