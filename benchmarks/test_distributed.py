@@ -113,15 +113,24 @@ class Ranks:
 
 @pytest.fixture(scope="module")
 def sharded_models():
-    """One set of ranks per size, shared by its forward and train cases (a build at 1e6 units takes
-    about a minute)."""
+    """The ranks of one size at a time, shared by its forward and train cases (a build at 1e6 units
+    takes minutes); those of another size are stopped first, and all of them before a
+    single-process case (two ranks of 1e6 units and idle ranks of smaller sizes once ran this
+    machine out of memory)."""
     built: dict[int, Ranks] = {}
-    yield lambda hidden: built[hidden] if hidden in built else built.setdefault(hidden, Ranks(hidden))
-    for ranks in built.values():
-        ranks.close()
+
+    def get(hidden: int | None) -> Ranks | None:
+        for size in [size for size in built if size != hidden]:
+            built.pop(size).close()
+        if hidden is None:
+            return None
+        return built[hidden] if hidden in built else built.setdefault(hidden, Ranks(hidden))
+
+    yield get
+    get(None)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1)  # one size at a time
 def single(hidden: int) -> tuple[ESGP, nn.Linear, float]:
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -129,10 +138,21 @@ def single(hidden: int) -> tuple[ESGP, nn.Linear, float]:
     return core, nn.Linear(hidden, OUT), time.perf_counter() - start
 
 
+# Size by size: the sharded forward and train step, then the single process's.
+ORDER = [("sharded", "forward"), ("sharded", "train"), ("single", "forward"), ("single", "train")]
+
+
+@pytest.mark.parametrize("model, step", ORDER, ids=[f"{m}-{s}" for m, s in ORDER])
 @pytest.mark.parametrize("hidden", SIZES)
-@pytest.mark.parametrize("step", ["forward", "train"])
-def test_sharded(benchmark, sharded_models, hidden, step):
-    ranks = sharded_models(hidden)
+def test_step(benchmark, sharded_models, hidden, model, step):
+    if model == "sharded":
+        sharded(benchmark, sharded_models(hidden), hidden, step)
+    else:
+        sharded_models(None)
+        single_process(benchmark, hidden, step)
+
+
+def sharded(benchmark, ranks: Ranks, hidden: int, step: str) -> None:
     ranks.run(step)  # warm-up, not counted
     for rank_times in ranks.times:
         rank_times.clear()
@@ -164,9 +184,7 @@ def test_sharded(benchmark, sharded_models, hidden, step):
     )
 
 
-@pytest.mark.parametrize("hidden", SIZES)
-@pytest.mark.parametrize("step", ["forward", "train"])
-def test_single_process(benchmark, hidden, step):
+def single_process(benchmark, hidden: int, step: str) -> None:
     core, head, build = single(hidden)
     optimizer = torch.optim.Adam([*core.parameters(), *head.parameters()], lr=1e-3)
     x = torch.randn(B, T, I, generator=torch.Generator().manual_seed(1))

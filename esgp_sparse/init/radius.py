@@ -257,7 +257,9 @@ def measure_radius_rows(
     on every process (one all-gather a step, no other collective) and its Rayleigh-Ritz basis by
     rows. With one process (:func:`whole_rows`) this is :func:`measure_radius` exactly, less its
     cycle test, which needs the whole graph: here a nilpotent matrix shows as a radius of 0 (or a
-    tiny one, with a warning, from the power iteration).
+    tiny one, with a warning, from the power iteration). ARPACK decides alone on every process
+    when to stop, alike where the processes' BLAS round alike (one machine, one build); across
+    machines whose BLAS differ, use ``"power"``, whose decisions are the first process's.
     """
     if method not in RADIUS_METHODS:
         raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")
