@@ -382,9 +382,12 @@ class ShardedESGP(FixedBuffers):
         """This rank's stored reservoir entries."""
         return self.col_indices.numel()
 
-    def _step(self, h: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """One step in rows layout: ``h`` (H_rank, B), ``u`` = this step's ``W_in x`` (H_rank, B)."""
+    def _step(self, h: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One step in rows layout: ``h`` (H_rank, B) and this step's input ``x`` (B, I). The input
+        projection happens here, not for every step at once: that would keep T x B x H_rank values
+        and their gradient besides the states (the step is recomputed under ``checkpoint``)."""
         g = self._group
+        u = (x @ self.Win.t()).t()
         candidate = torch.tanh(u + _RowsProduct.apply(_GatherUnits.apply(h, g), self))
         if self.gate_type == "diagonal":
             gate_in = self.gate_weight[:, None] * candidate
@@ -414,14 +417,12 @@ class ShardedESGP(FixedBuffers):
             h = _checks.check_tensor(_OWNER, "h_0", h_0, (3,), self.Win)[0].t()
         if x.requires_grad:
             x = _Replicated.apply(x, self._group)
-        # W_in x for every step at once, in rows layout: (T, H_rank, B).
-        inputs = torch.einsum("bti,hi->thb", x, self.Win)
         states = []
-        for u in inputs.unbind(0):
+        for x_t in x.unbind(1):
             if self.checkpoint and torch.is_grad_enabled():
-                h, state = checkpoint_fn(self._step, h, u, use_reentrant=False)
+                h, state = checkpoint_fn(self._step, h, x_t, use_reentrant=False)
             else:
-                h, state = self._step(h, u)
+                h, state = self._step(h, x_t)
             states.append(state)
         output = torch.stack(states).permute(2, 0, 1)  # (B, T, H_rank), a view
         h_n = h.t().unsqueeze(0)
