@@ -88,10 +88,8 @@ class _Group:
 
     # ---- numpy collectives, for the radius measurement
     def gather_numpy(self, local: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(local))
-        if tensor.is_complex():
-            return self.gather_numpy(local.real) + 1j * self.gather_numpy(local.imag)
-        out = self.gather(tensor.to(self.device)).cpu().numpy()
+        # Real arrays only: Rows.apply gathers a complex vector's parts apart.
+        out = self.gather(torch.from_numpy(np.ascontiguousarray(local)).to(self.device)).cpu().numpy()
         return out if self.keep is None else out[self.keep]
 
     def total_numpy(self, array: np.ndarray) -> np.ndarray:
