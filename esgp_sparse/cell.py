@@ -188,7 +188,13 @@ class ESGPCell(FixedBuffers, PatternModule):
 
     def _draw_reservoir(self) -> Reservoir:
         return random_reservoir(
-            self.hidden_size, self.sparsity, self.spectral_radius, self.seed, key=(0,), radius_method=self.radius_method
+            self.hidden_size,
+            self.sparsity,
+            self.spectral_radius,
+            self.seed,
+            key=(0,),
+            radius_method=self.radius_method,
+            threads=torch.get_num_threads(),  # as many as torch's own kernels use
         )
 
     def _draw_gate_pattern(self) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +270,9 @@ class ESGPCell(FixedBuffers, PatternModule):
             cell.hidden_size,
             float(cell.sparsity),
             float(cell.spectral_radius),
-            reservoir=reservoir_from_matrix(matrix, radius_method=kwargs.get("radius_method", "auto")),
+            reservoir=reservoir_from_matrix(
+                matrix, radius_method=kwargs.get("radius_method", "auto"), threads=torch.get_num_threads()
+            ),
             **kwargs,
         )
         gate = cast(nn.Linear, new.gate)

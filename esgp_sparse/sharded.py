@@ -36,6 +36,9 @@ from .pattern import FixedBuffers
 __all__ = ["ShardedESGP", "ShardedLinear", "shard_bounds"]
 
 _OWNER = "ShardedESGP"
+# torch 2.13 renamed the single-tensor collectives (the old names warn); torch >= 2.6 has the old ones.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 ShardedGate = Literal["diagonal", "sparse"]
 
 
@@ -105,12 +108,12 @@ class _Group:
         if local.shape[0] != self.padded:
             local = torch.cat([local, local.new_zeros((self.padded - local.shape[0], *local.shape[1:]))])
         out = local.new_empty((self.world * self.padded, *local.shape[1:]))
-        dist.all_gather_into_tensor(out, local.contiguous(), group=self.group)
+        _all_gather_single(out, local.contiguous(), group=self.group)
         return out
 
     def reduce_scatter(self, full: Tensor) -> Tensor:
         out = full.new_empty((self.padded, *full.shape[1:]))
-        dist.reduce_scatter_tensor(out, full.contiguous(), group=self.group)
+        _reduce_scatter_single(out, full.contiguous(), group=self.group)
         return out[: self.local]
 
     def all_reduce(self, tensor: Tensor) -> Tensor:
@@ -302,6 +305,7 @@ class ShardedESGP(FixedBuffers):
             g.total_numpy,
             key=(0,),
             radius_method=self.radius_method,
+            threads=torch.get_num_threads(),
         )
         self.radius = float(reservoir.radius)
         self.radius_error = float(reservoir.radius_error)

@@ -7,8 +7,12 @@ refinement. Each reports how sure it is (:class:`RadiusEstimate`); none fails si
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -49,6 +53,9 @@ POWER_MAX_ITERATIONS = 3200
 #: (10 per unit), after 3,200 power steps, 30 vectors left a residual of 4.1e-4 (not accepted) and
 #: 100 one of 8.1e-7 (benchmarks/results/radius_methods.jsonl).
 RITZ_SIZE = 100
+#: Products of matrices with fewer entries run on one thread (see ``threads`` in
+#: :func:`measure_radius`): below this the threads' hand-off costs about what they save.
+THREADED_MIN_NNZ = 1 << 20
 
 
 class RadiusEstimate(NamedTuple):
@@ -90,6 +97,10 @@ class Rows(NamedTuple):
             returned on every process (an all-gather).
         total: an array -> its elementwise sum over the processes, on every process (an all-reduce).
 
+        parts, pool: row blocks of ``matrix`` (views of its arrays) whose products run at once on
+            the threads of ``pool`` (scipy's product releases the GIL); ``()`` and None, the
+            default: one product on the calling thread. See :func:`threaded_rows`.
+
     One process holding the whole matrix is ``Rows(matrix, 0, identity, identity)``
     (:func:`whole_rows`).
     """
@@ -98,16 +109,25 @@ class Rows(NamedTuple):
     start: int
     gather: Callable[[np.ndarray], np.ndarray]
     total: Callable[[np.ndarray], np.ndarray]
+    parts: tuple[sp.csr_array, ...] = ()
+    pool: Executor | None = None
 
     @property
     def size(self) -> int:
         return int(self.matrix.shape[1])
 
+    def times(self, whole: np.ndarray) -> np.ndarray:
+        """The local rows of ``A x`` for a real ``x`` given whole."""
+        if self.pool is None or len(self.parts) < 2:
+            return np.asarray(self.matrix @ whole)
+        products = [self.pool.submit(part.__matmul__, whole) for part in self.parts]
+        return np.concatenate([product.result() for product in products])
+
     def apply(self, local: np.ndarray) -> np.ndarray:
         """The local rows of ``A x`` for ``x`` given by its local rows."""
         if np.iscomplexobj(local):  # parts apart: scipy would copy the whole matrix to complex
             return self.apply(local.real) + 1j * self.apply(local.imag)
-        return np.asarray(self.matrix @ self.gather(local))
+        return self.times(self.gather(local))
 
     def dot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a^H b`` for vectors given by their local rows: the local products summed over the processes."""
@@ -124,6 +144,42 @@ def _same(array: np.ndarray) -> np.ndarray:
 def whole_rows(matrix: sp.csr_array) -> Rows:
     """The whole matrix held by one process."""
     return Rows(sp.csr_array(matrix), 0, _same, _same)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def threaded_rows(rows: Rows, threads: int | None) -> Iterator[Rows]:
+    """``rows`` whose products run on ``threads`` threads (None: :func:`usable_cpus`), in row blocks
+    of about equal nnz, for the duration of the ``with`` block (whose end stops the threads).
+
+    One thread, or a matrix under :data:`THREADED_MIN_NNZ` entries, gives ``rows`` as they are. The
+    products are the same to the last bit: each row's sum runs as in one product.
+    """
+    _check_threads(threads)
+    matrix = rows.matrix
+    count = min(usable_cpus() if threads is None else threads, matrix.shape[0])
+    if count < 2 or matrix.nnz < THREADED_MIN_NNZ:
+        yield rows
+        return
+    indptr, m = matrix.indptr, matrix.shape[0]
+    cuts = np.searchsorted(indptr, np.arange(1, count) * (matrix.nnz / count))
+    bounds = np.unique(np.concatenate([[0], cuts.clip(0, m), [m]]))
+    parts = []
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        low, high = int(indptr[first]), int(indptr[last])
+        # Views set after construction: the constructor copies a view of under half its base.
+        part = sp.csr_array((last - first, matrix.shape[1]), dtype=matrix.dtype)
+        part.indptr = (indptr[first : last + 1] - low).astype(matrix.indices.dtype, copy=False)
+        part.indices, part.data = matrix.indices[low:high], matrix.data[low:high]
+        parts.append(part)
+    with ThreadPoolExecutor(len(parts), thread_name_prefix="esgp_sparse-radius") as pool:
+        yield rows._replace(parts=tuple(parts), pool=pool)
 
 
 def _start_block(n: int, k: int) -> np.ndarray:
@@ -154,6 +210,13 @@ def _residual(rows: Rows, value: complex, vector: np.ndarray) -> float:
     return rows.norm(rows.apply(vector) - value * vector) / scale
 
 
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise TypeError(f"spectral_radius: expected threads to be an int or None, got {type(threads).__name__}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"spectral_radius: expected threads >= 1 or None (every usable CPU), got threads={threads}")
+
+
 def _check_options(tol: float, k: int, ncv: int, maxiter: int | None, power_tol: float, max_iterations: int) -> None:
     if not tol >= 0.0:
         raise ValueError(f"spectral_radius: expected tol >= 0 (0: machine precision), got tol={tol!r}")
@@ -177,6 +240,7 @@ def measure_radius(
     maxiter: int | None = None,
     power_tol: float = POWER_TOL,
     max_iterations: int = POWER_MAX_ITERATIONS,
+    threads: int | None = None,
 ) -> RadiusEstimate:
     """The largest absolute eigenvalue of a square sparse matrix, with its error estimate.
 
@@ -206,6 +270,8 @@ def measure_radius(
             (scipy's default when None).
         power_tol: the relative accuracy the power iteration works to.
         max_iterations: the power iteration's step limit.
+        threads: threads that share each product of the power iteration (row blocks of equal nnz;
+            None: every usable CPU). Any count gives the same estimate bitwise.
 
     Returns:
         A :class:`RadiusEstimate`. A matrix whose graph has no cycle is nilpotent: radius exactly 0.0,
@@ -220,6 +286,7 @@ def measure_radius(
     if method not in RADIUS_METHODS:
         raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")
     _check_options(tol, k, ncv, maxiter, power_tol, max_iterations)
+    _check_threads(threads)
     matrix = sp.csr_array(matrix)
     if not has_cycle(matrix):
         return RadiusEstimate(0.0, 0.0, "acyclic", 0)
@@ -232,6 +299,7 @@ def measure_radius(
         maxiter=maxiter,
         power_tol=power_tol,
         max_iterations=max_iterations,
+        threads=threads,
     )
 
 
@@ -245,6 +313,7 @@ def measure_radius_rows(
     maxiter: int | None = None,
     power_tol: float = POWER_TOL,
     max_iterations: int = POWER_MAX_ITERATIONS,
+    threads: int | None = None,
 ) -> RadiusEstimate:
     """:func:`measure_radius` on a matrix distributed by rows over processes (:class:`Rows`); every
     process calls it with the same arguments and gets the same estimate, whose ``vector`` holds
@@ -260,10 +329,13 @@ def measure_radius_rows(
     tiny one, with a warning, from the power iteration). ARPACK decides alone on every process
     when to stop, alike where the processes' BLAS round alike (one machine, one build); across
     machines whose BLAS differ, use ``"power"``, whose decisions are the first process's.
+    ``threads`` share each process's local product in the power iteration (give each process its
+    share of the CPUs).
     """
     if method not in RADIUS_METHODS:
         raise ValueError(f"spectral_radius: expected method in {RADIUS_METHODS}, got {method!r}")
     _check_options(tol, k, ncv, maxiter, power_tol, max_iterations)
+    _check_threads(threads)
     n = rows.size
     local = slice(rows.start, rows.start + rows.matrix.shape[0])
     if method == "auto":
@@ -277,7 +349,7 @@ def measure_radius_rows(
         residual = float(np.linalg.norm(dense @ v - values[i] * v)) / scale if scale else float("inf")
         return RadiusEstimate(float(abs(values[i])), residual, "dense", 0, v[local])
     if method == "power":
-        return _power_radius(rows, power_tol, max_iterations)
+        return _power_radius(rows, power_tol, max_iterations, threads)
     k = min(k, n - 2)
     ncv = min(max(ncv, 2 * k + 1), n)  # scipy wants k + 1 < ncv <= n
     products = [0]
@@ -341,18 +413,31 @@ def _ritz(rows: Rows, start: np.ndarray, size: int) -> tuple[complex, np.ndarray
     return complex(values[i]), vector, _residual(rows, values[i], vector), size + 1
 
 
-def _power_radius(rows: Rows, power_tol: float, max_iterations: int) -> RadiusEstimate:
+def _power_radius(rows: Rows, power_tol: float, max_iterations: int, threads: int | None) -> RadiusEstimate:
     """See :func:`measure_radius`, ``"power"``."""
+    with threaded_rows(rows, threads) as threaded:
+        return _power_steps(rows, threaded, power_tol, max_iterations)
+
+
+def _norm(x: np.ndarray) -> float:
+    # Not np.linalg.norm: after a BLAS call OpenBLAS's threads spin-wait for the next, on the cores
+    # the product's threads need (the power steps then ran no faster on 2 threads than on 1).
+    return math.sqrt(float(np.einsum("i,i->", x, x)))
+
+
+def _power_steps(rows: Rows, threaded: Rows, power_tol: float, max_iterations: int) -> RadiusEstimate:
+    """The power iteration, its products on ``threaded``'s threads; the Rayleigh-Ritz steps on
+    ``rows``, single-threaded products beside BLAS's own threads (which their Gram-Schmidt uses)."""
     # The iterate is kept whole on every process: one all-gather a step and no other collective.
     x = _start_block(rows.size, 1)[0]
-    x /= np.linalg.norm(x)
+    x /= _norm(x)
     log_growth = np.empty(max_iterations)
     next_ritz = POWER_FIRST_RITZ
     products = 0
     estimate, diagnostic = float("nan"), float("inf")
     for step in range(max_iterations):
-        image = rows.gather(np.asarray(rows.matrix @ x))
-        norm = float(np.linalg.norm(image))
+        image = rows.gather(threaded.times(x))
+        norm = _norm(image)
         if norm == 0.0:  # A^i x = 0 for a random x: only a nilpotent matrix does that
             return RadiusEstimate(0.0, 0.0, "power", products + step + 1)
         log_growth[step] = np.log(norm)
@@ -380,6 +465,6 @@ def _power_radius(rows: Rows, power_tol: float, max_iterations: int) -> RadiusEs
         f"{diagnostic:.2g} over the last quarter) is a lower estimate that can miss a crowded edge by more; "
         "use method='arpack', or raise max_iterations",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=5,  # the caller of measure_radius
     )
     return RadiusEstimate(estimate, max(diagnostic, power_tol), "power", products + max_iterations)

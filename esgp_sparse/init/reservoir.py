@@ -190,6 +190,7 @@ def random_reservoir(
     *,
     key: tuple[int, ...] = (),
     radius_method: RadiusMethod = "auto",
+    threads: int | None = None,
 ) -> Reservoir:
     """A random sparse reservoir whose spectral radius (of the matrix actually stored) is given.
 
@@ -206,6 +207,7 @@ def random_reservoir(
         seed: non-negative integer; the same ``(seed, key)`` gives a bitwise-identical reservoir.
         key: spawn key that separates streams drawn from one seed (layers, roles).
         radius_method: see :func:`spectral_radius`.
+        threads: threads for the radius measurement's products (see :func:`measure_radius`).
 
     Raises:
         ValueError: under one expected connection per unit, or a drawn pattern without any cycle
@@ -225,7 +227,7 @@ def random_reservoir(
             f"sparsity={sparsity}, nnz={col.shape[0]}) has no cycle, so its spectral radius is 0 and "
             "cannot be scaled; use a higher sparsity or another seed"
         )
-    estimate = measure_radius(matrix, radius_method)
+    estimate = measure_radius(matrix, radius_method, threads=threads)
     if not estimate.radius > 0.0:  # cycles whose products cancel: nilpotent all the same
         raise ValueError(
             f"random_reservoir: the matrix drawn for seed={seed} (hidden_size={size}, sparsity={sparsity}) has "
@@ -279,6 +281,7 @@ def random_reservoir_rows(
     *,
     key: tuple[int, ...] = (),
     radius_method: RadiusMethod = "auto",
+    threads: int | None = None,
 ) -> ReservoirRows:
     """Rows ``start : stop`` of :func:`random_reservoir`'s reservoir, drawn and scaled by one of the
     processes that hold it by rows; every process calls this at once, each with its own ``rows``
@@ -299,7 +302,7 @@ def random_reservoir_rows(
     if radius == 0.0:
         return ReservoirRows(crow, col, np.zeros_like(values), size, rows[0], 0.0, 0.0, "zero")
     local = Rows(sp.csr_array((values, col, crow), shape=(rows[1] - rows[0], size)), rows[0], gather, total)
-    estimate = measure_radius_rows(local, radius_method)
+    estimate = measure_radius_rows(local, radius_method, threads=threads)
     if not estimate.radius > 0.0:
         raise ValueError(
             f"random_reservoir: the matrix drawn for seed={seed} (hidden_size={size}, sparsity={sparsity}) has "
@@ -314,17 +317,17 @@ def random_reservoir_rows(
 
 
 def reservoir_from_matrix(
-    matrix: np.ndarray | sp.sparray | sp.spmatrix, *, radius_method: RadiusMethod = "auto"
+    matrix: np.ndarray | sp.sparray | sp.spmatrix, *, radius_method: RadiusMethod = "auto", threads: int | None = None
 ) -> Reservoir:
     """Take a given square matrix as-is (its zeros dropped, no rescaling) and measure its radius
-    (:func:`measure_radius` with ``radius_method``)."""
+    (:func:`measure_radius` with ``radius_method`` and ``threads``)."""
     csr = sp.csr_array(matrix, dtype=np.float64)
     if csr.ndim != 2 or csr.shape[0] != csr.shape[1]:
         raise ValueError(f"reservoir_from_matrix: expected a square matrix, got shape {csr.shape}")
     csr.eliminate_zeros()
     csr.sort_indices()
     dtype = index_dtype(csr.shape[0], csr.nnz)
-    estimate = measure_radius(csr, radius_method)
+    estimate = measure_radius(csr, radius_method, threads=threads)
     return Reservoir(
         csr.indptr.astype(dtype),
         csr.indices.astype(dtype),

@@ -133,3 +133,28 @@ def test_arpack_arguments_are_checked():
         measure_radius(matrix, "arpack", tol=-1)
     with pytest.raises(ValueError, match=r"expected k, ncv and maxiter >= 1, got k=0, ncv=64, maxiter=None"):
         measure_radius(matrix, "arpack", k=0, ncv=64)
+
+
+def test_threads_split_the_product_and_change_nothing(monkeypatch):
+    import esgp_sparse.init.radius as radius
+
+    monkeypatch.setattr(radius, "THREADED_MIN_NNZ", 1)
+    matrix = outlier_matrix(1500, 10, 0.15)
+    x = np.random.default_rng(0).standard_normal(1500)
+    with radius.threaded_rows(radius.whole_rows(matrix), 3) as rows:
+        assert len(rows.parts) == 3 and sum(part.shape[0] for part in rows.parts) == 1500
+        assert max(part.nnz for part in rows.parts) <= matrix.nnz / 3 + 15  # balanced by entries
+        assert all(np.shares_memory(part.data, rows.matrix.data) for part in rows.parts)  # views, not copies
+        np.testing.assert_array_equal(rows.times(x), matrix @ x)
+    assert rows.pool is not None and rows.pool._shutdown  # the threads end with the block
+    one, three = (measure_radius(matrix, "power", threads=count) for count in (1, 3))
+    assert (one.radius, one.error, one.products) == (three.radius, three.error, three.products)
+    np.testing.assert_array_equal(one.vector, three.vector)
+
+
+def test_threads_argument_is_checked():
+    matrix = random_matrix(600, 10, 0)
+    with pytest.raises(ValueError, match=r"expected threads >= 1 or None \(every usable CPU\), got threads=0"):
+        measure_radius(matrix, threads=0)
+    with pytest.raises(TypeError, match=r"expected threads to be an int or None, got float"):
+        measure_radius(matrix, threads=2.0)
