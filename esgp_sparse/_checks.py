@@ -183,3 +183,11 @@ def check_not_vmapped(owner: str, why: str) -> None:
             f"{owner}: torch.func.vmap is not supported ({why}); put the vmapped dimension into the "
             "batch dimension B instead, which every op here handles in one call"
         )
+
+
+def check_initialisation(owner: str, input_scaling: object, gate_bias_init: object) -> tuple[float, float | None]:
+    """``input_scaling`` (finite, > 0) and ``gate_bias_init`` (finite, or None)."""
+    scaling = check_real(owner, "input_scaling", input_scaling, 0.0, low_open=True)
+    if gate_bias_init is None:
+        return scaling, None
+    return scaling, check_real(owner, "gate_bias_init", gate_bias_init, -math.inf)

@@ -75,6 +75,13 @@ class ESGPCell(FixedBuffers, PatternModule):
             initialised from torch's generator as in ``torch.nn``.
         radius_method: how the radius is measured: ``"auto"``, ``"dense"``, ``"arpack"`` or ``"power"``
             (see :func:`esgp_sparse.init.measure_radius`).
+        input_scaling: ``Win``'s initialisation (``nn.Linear``'s uniform one) multiplied by this, > 0;
+            ReservoirPy's name. Small values keep ``tanh`` near its linear range, where a reservoir
+            remembers its input longest.
+        gate_bias_init: every unit's initial gate bias (the gate's weights keep their
+            initialisation); None keeps ``nn.Linear``'s uniform one (the original's). A large value
+            starts the gate open (``g`` near 1: the cell starts as an echo state network, with its
+            memory), a negative one closed. README "Gates and sizes" measures both knobs.
         reservoir: use this reservoir (an :class:`esgp_sparse.init.Reservoir`, e.g. from
             :func:`esgp_sparse.init.reservoir_from_matrix`) as-is instead of drawing one; ``sparsity``
             and ``spectral_radius`` then only describe what was asked for.
@@ -132,11 +139,14 @@ class ESGPCell(FixedBuffers, PatternModule):
         seed: int | None = None,
         radius_method: RadiusMethod = "auto",
         reservoir: Reservoir | None = None,
+        input_scaling: float = 1.0,
+        gate_bias_init: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.input_size = _checks.check_int(_OWNER, "input_size", input_size, 1)
+        self.input_scaling, self.gate_bias_init = _checks.check_initialisation(_OWNER, input_scaling, gate_bias_init)
         self.hidden_size = _checks.check_int(_OWNER, "hidden_size", hidden_size, 1)
         self.sparsity = _checks.check_real(_OWNER, "sparsity", sparsity, 0.0, 1.0, low_open=True)
         self.spectral_radius = _checks.check_real(_OWNER, "spectral_radius", spectral_radius, 0.0)
@@ -183,6 +193,7 @@ class ESGPCell(FixedBuffers, PatternModule):
             undrawn = _undrawn(self.hidden_size)
             crow, col = self._draw_gate_pattern() if self.drawn else (undrawn.crow_indices, undrawn.col_indices)
             self.gate = SparseGate(self.hidden_size, crow, col, **factory)
+        self._initialise_knobs()
         self._use_path()
         self.register_load_state_dict_post_hook(_use_path_after_load)
 
@@ -262,6 +273,9 @@ class ESGPCell(FixedBuffers, PatternModule):
         for name in ("seed", "reservoir"):
             if name in kwargs:
                 raise TypeError(f"{_OWNER}.from_esgp: {name}= does not apply, the reservoir is the original's")
+        for name in ("input_scaling", "gate_bias_init"):
+            if name in kwargs:
+                raise TypeError(f"{_OWNER}.from_esgp: {name}= does not apply, the learned weights are the original's")
         kwargs.setdefault("device", cell.Win.weight.device)
         kwargs.setdefault("dtype", cell.Win.weight.dtype)
         matrix = (cell.W * cell.mask).detach().cpu().double().numpy()
@@ -451,6 +465,15 @@ class ESGPCell(FixedBuffers, PatternModule):
         """Re-initialise the learned parameters (``Win`` and the gate); the reservoir stays."""
         self.Win.reset_parameters()
         self.gate.reset_parameters()
+        self._initialise_knobs()
+
+    @torch.no_grad()
+    def _initialise_knobs(self) -> None:
+        # After the usual initialisation, so that the defaults draw exactly what they always drew.
+        if self.input_scaling != 1.0:
+            self.Win.weight.mul_(self.input_scaling)
+        if self.gate_bias_init is not None:
+            self.gate.bias.fill_(self.gate_bias_init)
 
     def extra_repr(self) -> str:
         parts = [f"{self.input_size}, {self.hidden_size}"]
@@ -462,6 +485,10 @@ class ESGPCell(FixedBuffers, PatternModule):
             parts.append(f"gate={self.gate_type!r}")
         if self.path_request != "auto":
             parts.append(f"path={self.path_request!r}")
+        if self.input_scaling != 1.0:
+            parts.append(f"input_scaling={self.input_scaling:g}")
+        if self.gate_bias_init is not None:
+            parts.append(f"gate_bias_init={self.gate_bias_init:g}")
         parts.append(f"path_used={self.path!r}, nnz={self.nnz}, {self.radius_summary()}")
         return ", ".join(parts)
 

@@ -58,6 +58,8 @@ class ESGP(FixedBuffers):
             candidates and gates chunk by chunk in the backward: about one more forward pass, for
             the largest runs.
         radius_method: see :class:`ESGPCell`.
+        input_scaling, gate_bias_init: how every layer's ``Win`` and gate bias start; see
+            :class:`ESGPCell` (defaults: the original's initialisation).
         device, dtype: as in ``torch.nn``.
 
     Under ``torch.autocast`` a float32 model runs every layer in the autocast dtype (the state
@@ -104,10 +106,13 @@ class ESGP(FixedBuffers):
         compile: bool = False,
         checkpoint: bool = False,
         radius_method: RadiusMethod = "auto",
+        input_scaling: float = 1.0,
+        gate_bias_init: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.input_scaling, self.gate_bias_init = _checks.check_initialisation(_OWNER, input_scaling, gate_bias_init)
         self._configure(
             input_size,
             hidden_size,
@@ -139,6 +144,8 @@ class ESGP(FixedBuffers):
                 path=path,
                 seed=derive_seed(self.seed, layer) if direction == 0 else derive_seed(self.seed, layer, 1),
                 radius_method=radius_method,
+                input_scaling=self.input_scaling,
+                gate_bias_init=self.gate_bias_init,
                 device=device,
                 dtype=dtype,
             )
@@ -212,6 +219,7 @@ class ESGP(FixedBuffers):
         )
         model.seed = None
         model.bidirectional = False
+        model.input_scaling, model.gate_bias_init = 1.0, None  # the original's weights are copied
         model.cells = nn.ModuleList(ESGPCell.from_esgp(cell, **kwargs) for cell in module.cells)
         return model
 
@@ -377,6 +385,10 @@ class ESGP(FixedBuffers):
         names = dict(gate_type="gate", path_request="path", compile_steps="compile")
         if self.bidirectional:
             parts.append("bidirectional=True")
+        if self.input_scaling != 1.0:
+            parts.append(f"input_scaling={self.input_scaling:g}")
+        if self.gate_bias_init is not None:
+            parts.append(f"gate_bias_init={self.gate_bias_init:g}")
         for attr, default in defaults.items():
             value = getattr(self, attr)
             if value != default:

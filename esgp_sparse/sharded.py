@@ -223,7 +223,8 @@ class ShardedESGP(FixedBuffers):
 
     Args:
         input_size, hidden_size, num_layers, sparsity, spectral_radius, batch_first, seed,
-            radius_method, dtype, device: as in :class:`esgp_sparse.ESGP`; ``num_layers`` must be 1.
+            radius_method, input_scaling, gate_bias_init, dtype, device: as in
+            :class:`esgp_sparse.ESGP`; ``num_layers`` must be 1.
             ``seed=None`` draws one on the group's first rank and broadcasts it.
         gate: ``"diagonal"`` (the default here) or ``"sparse"``: the gates that scale (a dense gate
             would need every unit's candidate state on every rank, and H^2 weights).
@@ -264,11 +265,14 @@ class ShardedESGP(FixedBuffers):
         checkpoint: bool = False,
         seed: int | None = None,
         radius_method: RadiusMethod = "auto",
+        input_scaling: float = 1.0,
+        gate_bias_init: float | None = None,
         process_group: dist.ProcessGroup | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.input_scaling, self.gate_bias_init = _checks.check_initialisation(_OWNER, input_scaling, gate_bias_init)
         self.input_size = _checks.check_int(_OWNER, "input_size", input_size, 1)
         self.hidden_size = _checks.check_int(_OWNER, "hidden_size", hidden_size, 1)
         if _checks.check_int(_OWNER, "num_layers", num_layers, 1) != 1:
@@ -335,6 +339,10 @@ class ShardedESGP(FixedBuffers):
             bias = torch.empty(self.hidden_size, **factory).uniform_(-bound, bound)
             self.gate_weight = nn.Parameter(weight[offset : offset + col.shape[0]].clone())
         self.gate_bias = nn.Parameter(bias[rows].clone())
+        with torch.no_grad():  # as ESGPCell: after the usual initialisation
+            self.Win.mul_(self.input_scaling)
+            if self.gate_bias_init is not None:
+                self.gate_bias.fill_(self.gate_bias_init)
 
     def _broadcast_seed(self) -> int:
         g = self._group
@@ -434,7 +442,10 @@ class ShardedESGP(FixedBuffers):
         g = self._group
         return (
             f"{self.input_size}, {self.hidden_size}, sparsity={self.sparsity}, spectral_radius={self.spectral_radius}, "
-            f"gate={self.gate_type!r}, units {self.start}:{self.stop} of rank {g.rank}/{g.world}, nnz={self.nnz}, "
+            f"gate={self.gate_type!r}, "
+            + (f"input_scaling={self.input_scaling:g}, " if self.input_scaling != 1.0 else "")
+            + (f"gate_bias_init={self.gate_bias_init:g}, " if self.gate_bias_init is not None else "")
+            + f"units {self.start}:{self.stop} of rank {g.rank}/{g.world}, nnz={self.nnz}, "
             f"radius={self.radius:.6g} (error {self.radius_error:.2g}, {self.radius_measured_with})"
         )
 

@@ -169,16 +169,27 @@ class SequenceModel(nn.Module):
         return self.head(states[:, -1] if scored == 0 else states[:, -scored:])
 
 
-def build_model(name: str, task: Task, hidden: int, seed: int, per_unit: float | None = None) -> SequenceModel:
+def build_model(
+    name: str,
+    task: Task,
+    hidden: int,
+    seed: int,
+    per_unit: float | None = None,
+    input_scaling: float = 1.0,
+    gate_bias_init: float | None = None,
+) -> SequenceModel:
     """``name`` with ``hidden`` units; the reservoirs keep 10 % of their connections (the original's
-    sparsity), or ``per_unit`` connections per unit when given (what large reservoirs need)."""
+    sparsity), or ``per_unit`` connections per unit when given (what large reservoirs need).
+    ``input_scaling`` and ``gate_bias_init`` (see :class:`~esgp_sparse.ESGPCell`) apply to the ESGP
+    models; the ESN takes ``input_scaling`` (its gate is fixed open)."""
     torch.manual_seed(seed)
     i = task.input_size
     sparsity = 0.1 if per_unit is None else min(1.0, per_unit / hidden)
+    knobs: dict[str, Any] = dict(sparsity=sparsity, spectral_radius=0.9, seed=seed, input_scaling=input_scaling)
     if name in GATE:
-        core = ESGP(i, hidden, sparsity=sparsity, spectral_radius=0.9, gate=GATE[name], seed=seed)
+        core = ESGP(i, hidden, gate=GATE[name], gate_bias_init=gate_bias_init, **knobs)
     elif name == "esn":
-        core = ESGP(i, hidden, sparsity=sparsity, spectral_radius=0.9, gate="diagonal", seed=seed)
+        core = ESGP(i, hidden, gate="diagonal", **knobs)
         gate = cast(DiagonalGate, core.cells[0].gate)
         with torch.no_grad():  # the gate fixed open: sigmoid(0 * h~ + 40) is exactly 1.0 in float32
             gate.weight.zero_()
@@ -294,6 +305,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"{task_label(results)}: {task.summary}; {results['epochs']} epochs, H={results['hidden']}, "
         + ("" if results.get("per_unit") is None else f"{results['per_unit']:g} connections per unit, ")
+        + ("" if results.get("input_scaling", 1.0) == 1.0 else f"input scaling {results['input_scaling']:g}, ")
+        + ("" if results.get("gate_bias_init") is None else f"gate bias {results['gate_bias_init']:g} at first, ")
         + f"seed {results['seed']} ({better} is better)"
         + ("" if baseline is None else f"; the trivial baseline scores {baseline:.4g}"),
         "",
@@ -425,6 +438,8 @@ def run(
     data_dir: Path | None,
     train_size: int | None = None,
     per_unit: float | None = None,
+    input_scaling: float = 1.0,
+    gate_bias_init: float | None = None,
 ) -> dict:
     """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
@@ -435,6 +450,8 @@ def run(
         f"{task.name}: {task.summary}; train {tuple(data[0].shape)}, test {tuple(data[2].shape)}; "
         f"H={hidden}, {epochs} epochs, seed {seed}"
         + ("" if per_unit is None else f", {per_unit:g} connections per unit")
+        + ("" if input_scaling == 1.0 else f", input scaling {input_scaling:g}")
+        + ("" if gate_bias_init is None else f", gate bias {gate_bias_init:g} at first")
     )
     if task.name == "smnist" and (quick or data_dir is None):
         print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
@@ -443,6 +460,8 @@ def run(
         epochs=epochs,
         hidden=hidden,
         per_unit=per_unit,
+        input_scaling=input_scaling,
+        gate_bias_init=gate_bias_init,
         quick=quick,
         seed=seed,
         metric=task.metric,
@@ -457,7 +476,7 @@ def run(
     for size in sizes:
         for name in models:
             label = name if len(sizes) == 1 else f"{name} H={size}"
-            model = build_model(name, task, size, seed, per_unit)
+            model = build_model(name, task, size, seed, per_unit, input_scaling, gate_bias_init)
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"{label}: {parameters:,} trained parameters")
             row = train(model, task, data, epochs, seed, label)
@@ -481,6 +500,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument(
         "--per-unit", type=float, help="reservoir connections per unit (default: sparsity 0.1, the original's)"
+    )
+    parser.add_argument(
+        "--input-scaling", type=float, default=1.0, help="W_in's initialisation scaled by this (ESGP models, ESN)"
+    )
+    parser.add_argument(
+        "--gate-bias-init", type=float, help="every unit's initial gate bias (ESGP models; default nn.Linear's)"
     )
     parser.add_argument("--plot-sizes", help="draw each task's score against H, a line per model, to this image file")
     parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
@@ -531,8 +556,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {sizes} and {args.train_size}")
     if args.per_unit is not None and not args.per_unit > 0:
         parser.error(f"--per-unit: expected a positive number of connections per unit, got {args.per_unit}")
+    if not (math.isfinite(args.input_scaling) and args.input_scaling > 0):
+        parser.error(f"--input-scaling: expected a positive number, got {args.input_scaling}")
+    if args.gate_bias_init is not None and not math.isfinite(args.gate_bias_init):
+        parser.error(f"--gate-bias-init: expected a finite number, got {args.gate_bias_init}")
+    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init)
     results = [
-        run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, args.per_unit)
+        run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, *knobs)
         for t in args.tasks
     ]
     for result in results:

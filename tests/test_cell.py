@@ -222,6 +222,14 @@ BAD_ARGS = [
         r"expected at least 1 recurrent connection per unit .*got sparsity=0.005 at hidden_size=100 .*nearly nilpotent",
     ),
     (dict(reservoir="W"), TypeError, r"expected reservoir to be an esgp_sparse.init.Reservoir, got str"),
+    (dict(input_scaling=0.0), ValueError, r"expected input_scaling in \(0, inf\), got input_scaling=0.0"),
+    (dict(input_scaling=True), TypeError, r"expected input_scaling to be a real number, got True \(bool\)"),
+    (
+        dict(gate_bias_init=float("nan")),
+        ValueError,
+        r"expected gate_bias_init in \[-inf, inf\), got gate_bias_init=nan",
+    ),
+    (dict(gate_bias_init="3"), TypeError, r"expected gate_bias_init to be a real number, got '3' \(str\)"),
 ]
 
 
@@ -314,3 +322,30 @@ def test_parametrizations_work_on_every_gate(gate):
     cell(x, h).square().sum().backward()
     original = cell.gate.parametrizations[name].original0
     assert original.grad is not None and bool(original.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_input_scaling_and_gate_bias_init_change_only_what_they_name(gate):
+    torch.manual_seed(0)
+    default = ESGPCell(3, 50, sparsity=0.2, gate=gate, seed=0)
+    torch.manual_seed(0)
+    cell = ESGPCell(3, 50, sparsity=0.2, gate=gate, seed=0, input_scaling=0.1, gate_bias_init=3.0)
+    torch.testing.assert_close(cell.Win.weight, 0.1 * default.Win.weight, rtol=0, atol=0)
+    assert torch.equal(cell.gate.bias, torch.full((50,), 3.0))
+    torch.testing.assert_close(gate_matrix(cell), gate_matrix(default), rtol=0, atol=0)
+    assert torch.equal(cell.values, default.values)
+    assert "input_scaling=0.1, gate_bias_init=3" in repr(cell) and "input_scaling" not in repr(default)
+    with torch.no_grad():
+        cell.gate.bias.zero_()
+        cell.Win.weight.fill_(1.0)
+    cell.reset_parameters()  # draws afresh, then applies the knobs again
+    assert torch.equal(cell.gate.bias, torch.full((50,), 3.0))
+    assert cell.Win.weight.abs().max() <= 0.1 / math.sqrt(3) and cell.Win.weight.abs().max() > 0.01
+
+
+def test_the_stack_passes_the_knobs_to_every_layer():
+    model = ESGP(3, 20, num_layers=2, sparsity=0.2, gate="diagonal", seed=0, input_scaling=0.5, gate_bias_init=-1.0)
+    assert all(cell.input_scaling == 0.5 and bool((cell.gate.bias == -1.0).all()) for cell in model.cells)
+    assert "input_scaling=0.5, gate_bias_init=-1" in model.extra_repr()
+    with pytest.raises(ValueError, match=r"ESGP: expected input_scaling in \(0, inf\), got input_scaling=-1"):
+        ESGP(3, 20, sparsity=0.2, input_scaling=-1)

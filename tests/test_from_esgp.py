@@ -88,3 +88,5 @@ def test_bad_conversions():
         ESGPCell.from_esgp(original, gate="sparse")
     with pytest.raises(TypeError, match=r"seed= does not apply"):
         ESGPCell.from_esgp(original, seed=1)
+    with pytest.raises(TypeError, match=r"gate_bias_init= does not apply, the learned weights are the original's"):
+        ESGPCell.from_esgp(original, gate_bias_init=3.0)

@@ -33,11 +33,11 @@ from esgp_sparse.init import drawn_rows, random_reservoir
 
 WORLD = 2
 CASES = [
-    # hidden, sparsity, gate, radius method, checkpoint, rows per block
-    (301, 0.05, "diagonal", "auto", False, None),  # dense eigenvalues; 151 + 150 units (padded)
-    (1000, 0.01, "sparse", "arpack", True, 128),  # 8 blocks, split inside one
-    (3001, 0.004, "diagonal", "power", False, 256),
-    (3001, 0.004, "sparse", "power", False, 256),
+    # hidden, sparsity, gate, radius method, checkpoint, rows per block, initialisation knobs
+    (301, 0.05, "diagonal", "auto", False, None, {}),  # dense eigenvalues; 151 + 150 units (padded)
+    (1000, 0.01, "sparse", "arpack", True, 128, dict(input_scaling=0.3, gate_bias_init=2.0)),  # 8 blocks
+    (3001, 0.004, "diagonal", "power", False, 256, dict(input_scaling=0.1, gate_bias_init=-1.0)),
+    (3001, 0.004, "sparse", "power", False, 256, {}),
 ]
 
 
@@ -45,10 +45,13 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-def _case(rank: int, hidden: int, sparsity: float, gate: str, method: str, checkpoint: bool, block) -> dict:
+def _case(
+    rank: int, hidden: int, sparsity: float, gate: str, method: str, checkpoint: bool, block, knobs: dict
+) -> dict:
     if block is not None:
         reservoir_module.BLOCK_ROWS = block
     kwargs = dict(sparsity=sparsity, spectral_radius=0.9, gate=gate, seed=11, radius_method=method, dtype=torch.float64)
+    kwargs.update(knobs)
     torch.manual_seed(5)
     reference = ESGP(3, hidden, **kwargs)
     head_reference = nn.Linear(hidden, 4, dtype=torch.float64)

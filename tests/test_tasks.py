@@ -146,8 +146,8 @@ def test_sweep_over_gates_and_sizes(tmp_path, monkeypatch, capsys):
     built = []
     build = tasks.build_model
 
-    def record_build(name, task, hidden, seed, per_unit=None):
-        model = build(name, task, hidden, seed, per_unit)
+    def record_build(name, task, hidden, seed, per_unit=None, *knobs):
+        model = build(name, task, hidden, seed, per_unit, *knobs)
         built.append((name, hidden, model.core.cells[0].nnz))
         return model
 
@@ -175,3 +175,30 @@ def test_sweep_over_gates_and_sizes(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         tasks.main(["adding", "--quick", "--hidden", "64,big"])
     assert "--hidden: expected a positive integer or a comma-separated list" in capsys.readouterr().err
+
+
+def test_initialisation_knobs_reach_the_models_and_the_results(monkeypatch, capsys):
+    built = {}
+    build = tasks.build_model
+
+    def record_build(*args):
+        built[args[0]] = model = build(*args)
+        return model
+
+    monkeypatch.setattr(tasks, "build_model", record_build)
+    monkeypatch.setattr(tasks, "train", lambda model, *args: dict(curve=[0.5], train_loss=[1.0], seconds=1.0))
+    argv = ["adding", "--quick", "--models", "esgp-diagonal,esn,gru", "--input-scaling", "0.1", "--gate-bias-init", "3"]
+    (result,) = tasks.main(argv)
+    assert (result["input_scaling"], result["gate_bias_init"]) == (0.1, 3.0)
+    cell = built["esgp-diagonal"].core.cells[0]
+    assert cell.input_scaling == 0.1 and bool((cell.gate.bias == 3.0).all())
+    esn = built["esn"].core.cells[0]
+    assert esn.input_scaling == 0.1 and bool((esn.gate.bias == 40.0).all())  # the ESN's gate stays fixed open
+    assert "input scaling 0.1, gate bias 3 at first" in capsys.readouterr().out
+    for flag, value, message in (
+        ("--input-scaling", "0", "--input-scaling: expected a positive number, got 0.0"),
+        ("--gate-bias-init", "nan", "--gate-bias-init: expected a finite number, got nan"),
+    ):
+        with pytest.raises(SystemExit):
+            tasks.main(["adding", "--quick", flag, value])
+        assert message in capsys.readouterr().err
