@@ -190,4 +190,4 @@ def check_initialisation(owner: str, input_scaling: object, gate_bias_init: obje
     scaling = check_real(owner, "input_scaling", input_scaling, 0.0, low_open=True)
     if gate_bias_init is None:
         return scaling, None
-    return scaling, check_real(owner, "gate_bias_init", gate_bias_init, -math.inf)
+    return scaling, check_real(owner, "gate_bias_init", gate_bias_init, -math.inf, low_open=True)

@@ -245,6 +245,9 @@ class ESGPCell(FixedBuffers, PatternModule):
                 like = self.gate.weight_values
                 self.gate.weight_values = nn.Parameter(like.new_empty(col.shape[0]), like.requires_grad)
                 self.gate.reset_parameters()
+                if self.gate_bias_init is not None:  # as _initialise_knobs
+                    with torch.no_grad():
+                        self.gate.bias.fill_(self.gate_bias_init)
         self.drawn = True
         self._use_path()
 

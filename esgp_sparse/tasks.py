@@ -298,6 +298,13 @@ def baseline_score(task: Task, y_train: Tensor, y_test: Tensor) -> float:
     return float(error.abs().mean() if task.metric == "MAE" else error.square().mean())
 
 
+def _knobs(results: dict) -> str:
+    scaling, bias = results.get("input_scaling", 1.0), results.get("gate_bias_init")
+    return ("" if scaling == 1.0 else f"input scaling {scaling:g} (ESGP, ESN), ") + (
+        "" if bias is None else f"gate bias {bias:g} at first (ESGP), "
+    )
+
+
 def markdown(results: dict) -> str:
     task = TASKS[results["task"]]
     better = "higher" if task.metric == "accuracy" else "lower"
@@ -305,8 +312,7 @@ def markdown(results: dict) -> str:
     lines = [
         f"{task_label(results)}: {task.summary}; {results['epochs']} epochs, H={results['hidden']}, "
         + ("" if results.get("per_unit") is None else f"{results['per_unit']:g} connections per unit, ")
-        + ("" if results.get("input_scaling", 1.0) == 1.0 else f"input scaling {results['input_scaling']:g}, ")
-        + ("" if results.get("gate_bias_init") is None else f"gate bias {results['gate_bias_init']:g} at first, ")
+        + _knobs(results)
         + f"seed {results['seed']} ({better} is better)"
         + ("" if baseline is None else f"; the trivial baseline scores {baseline:.4g}"),
         "",

@@ -227,7 +227,7 @@ BAD_ARGS = [
     (
         dict(gate_bias_init=float("nan")),
         ValueError,
-        r"expected gate_bias_init in \[-inf, inf\), got gate_bias_init=nan",
+        r"expected gate_bias_init in \(-inf, inf\), got gate_bias_init=nan",
     ),
     (dict(gate_bias_init="3"), TypeError, r"expected gate_bias_init to be a real number, got '3' \(str\)"),
 ]

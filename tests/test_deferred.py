@@ -51,3 +51,16 @@ def test_meta_then_load_state_dict_also_works():
     deferred.load_state_dict(built.state_dict())
     x = torch.randn(4, 3)
     torch.testing.assert_close(deferred(x), built(x), rtol=0, atol=0)
+
+
+def test_the_initialisation_knobs_survive_deferred_initialisation():
+    knobs = dict(sparsity=0.1, gate="sparse", input_scaling=0.2, gate_bias_init=2.5)
+    torch.manual_seed(0)
+    built = ESGPCell(3, 64, seed=2, **knobs)
+    deferred = ESGPCell(3, 64, seed=2, device="meta", **knobs).to_empty(device="cpu")
+    deferred.reset_reservoir()  # the sparse gate's values are made anew here (their nnz was unknown)
+    assert torch.equal(deferred.gate.bias, torch.full((64,), 2.5))
+    torch.manual_seed(0)
+    deferred.reset_parameters()
+    assert torch.equal(deferred.gate.bias, built.gate.bias) and torch.equal(deferred.Win.weight, built.Win.weight)
+    assert float(deferred.Win.weight.abs().max()) <= 0.2 / 3**0.5

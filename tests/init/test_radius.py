@@ -156,5 +156,5 @@ def test_threads_argument_is_checked():
     matrix = random_matrix(600, 10, 0)
     with pytest.raises(ValueError, match=r"expected threads >= 1 or None \(every usable CPU\), got threads=0"):
         measure_radius(matrix, threads=0)
-    with pytest.raises(TypeError, match=r"expected threads to be an int or None, got float"):
+    with pytest.raises(TypeError, match=r"expected threads to be an int or None, got 2.0 \(float\)"):
         measure_radius(matrix, threads=2.0)
