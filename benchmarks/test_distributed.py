@@ -3,6 +3,7 @@ process (two threads), forward and train step, I=16, T=32, B=8, 10 connections p
 gate, a linear readout of the last state (10 outputs).
 
     python -m pytest benchmarks/test_distributed.py --benchmark-json=.results/distributed.json
+    python -m pytest benchmarks/test_distributed.py -k 2000000 --benchmark-json=.results/distributed-2e6.json
 
 The sharded case's timed call sends "step" to both ranks and waits for both to finish (the pipe
 round trip is well under a millisecond). Each rank also times its collectives (all-gather,
@@ -33,6 +34,7 @@ SIZES = [
     pytest.param(100_000, marks=pytest.mark.quick),
     pytest.param(300_000),
     pytest.param(1_000_000),
+    pytest.param(2_000_000),
 ]
 
 
