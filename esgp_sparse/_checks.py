@@ -191,3 +191,9 @@ def check_initialisation(owner: str, input_scaling: object, gate_bias_init: obje
     if gate_bias_init is None:
         return scaling, None
     return scaling, check_real(owner, "gate_bias_init", gate_bias_init, -math.inf, low_open=True)
+
+
+def initialisation_repr(input_scaling: float, gate_bias_init: float | None) -> list[str]:
+    """The ``extra_repr`` parts of the initialisation knobs that differ from their defaults."""
+    parts = [] if input_scaling == 1.0 else [f"input_scaling={input_scaling:g}"]
+    return parts if gate_bias_init is None else [*parts, f"gate_bias_init={gate_bias_init:g}"]

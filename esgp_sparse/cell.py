@@ -245,9 +245,7 @@ class ESGPCell(FixedBuffers, PatternModule):
                 like = self.gate.weight_values
                 self.gate.weight_values = nn.Parameter(like.new_empty(col.shape[0]), like.requires_grad)
                 self.gate.reset_parameters()
-                if self.gate_bias_init is not None:  # as _initialise_knobs
-                    with torch.no_grad():
-                        self.gate.bias.fill_(self.gate_bias_init)
+                self._initialise_gate_bias()
         self.drawn = True
         self._use_path()
 
@@ -475,6 +473,10 @@ class ESGPCell(FixedBuffers, PatternModule):
         # After the usual initialisation, so that the defaults draw exactly what they always drew.
         if self.input_scaling != 1.0:
             self.Win.weight.mul_(self.input_scaling)
+        self._initialise_gate_bias()
+
+    @torch.no_grad()
+    def _initialise_gate_bias(self) -> None:
         if self.gate_bias_init is not None:
             self.gate.bias.fill_(self.gate_bias_init)
 
@@ -488,10 +490,7 @@ class ESGPCell(FixedBuffers, PatternModule):
             parts.append(f"gate={self.gate_type!r}")
         if self.path_request != "auto":
             parts.append(f"path={self.path_request!r}")
-        if self.input_scaling != 1.0:
-            parts.append(f"input_scaling={self.input_scaling:g}")
-        if self.gate_bias_init is not None:
-            parts.append(f"gate_bias_init={self.gate_bias_init:g}")
+        parts += _checks.initialisation_repr(self.input_scaling, self.gate_bias_init)
         parts.append(f"path_used={self.path!r}, nnz={self.nnz}, {self.radius_summary()}")
         return ", ".join(parts)
 

@@ -385,10 +385,7 @@ class ESGP(FixedBuffers):
         names = dict(gate_type="gate", path_request="path", compile_steps="compile")
         if self.bidirectional:
             parts.append("bidirectional=True")
-        if self.input_scaling != 1.0:
-            parts.append(f"input_scaling={self.input_scaling:g}")
-        if self.gate_bias_init is not None:
-            parts.append(f"gate_bias_init={self.gate_bias_init:g}")
+        parts += _checks.initialisation_repr(self.input_scaling, self.gate_bias_init)
         for attr, default in defaults.items():
             value = getattr(self, attr)
             if value != default:

@@ -443,8 +443,7 @@ class ShardedESGP(FixedBuffers):
         return (
             f"{self.input_size}, {self.hidden_size}, sparsity={self.sparsity}, spectral_radius={self.spectral_radius}, "
             f"gate={self.gate_type!r}, "
-            + (f"input_scaling={self.input_scaling:g}, " if self.input_scaling != 1.0 else "")
-            + (f"gate_bias_init={self.gate_bias_init:g}, " if self.gate_bias_init is not None else "")
+            + "".join(part + ", " for part in _checks.initialisation_repr(self.input_scaling, self.gate_bias_init))
             + f"units {self.start}:{self.stop} of rank {g.rank}/{g.world}, nnz={self.nnz}, "
             f"radius={self.radius:.6g} (error {self.radius_error:.2g}, {self.radius_measured_with})"
         )
