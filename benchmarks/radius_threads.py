@@ -42,6 +42,7 @@ def product_seconds(rows: radius_module.Rows, x: np.ndarray) -> float:
 
 
 def main() -> None:
+    threshold = radius_module.THREADED_MIN_NNZ
     radius_module.THREADED_MIN_NNZ = 1  # measured below, so not applied here
     for n in (4_000, 16_000, 32_000, 64_000, 128_000, 1_000_000):
         matrix = study_matrix(n, 10, 0)
@@ -51,7 +52,7 @@ def main() -> None:
             with radius_module.threaded_rows(whole_rows(matrix), threads) as rows:
                 seconds[threads] = product_seconds(rows, x)
         emit(study="product", n=n, nnz=matrix.nnz, one_thread_s=seconds[1], two_threads_s=seconds[2])
-    radius_module.THREADED_MIN_NNZ = 1 << 20
+    radius_module.THREADED_MIN_NNZ = threshold
     for n in (100_000, 300_000, 1_000_000):
         matrix = study_matrix(n, 10, 0)
         for threads in (1, 2):

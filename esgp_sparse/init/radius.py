@@ -161,9 +161,9 @@ def threaded_rows(rows: Rows, threads: int | None) -> Iterator[Rows]:
     of about equal nnz, for the duration of the ``with`` block (whose end stops the threads).
 
     One thread, or a matrix under :data:`THREADED_MIN_NNZ` entries, gives ``rows`` as they are. The
-    products are the same to the last bit: each row's sum runs as in one product.
+    products are the same to the last bit: each row's sum runs as in one product. ``threads`` is
+    taken as checked (:func:`measure_radius_rows` checks it).
     """
-    _check_threads(threads)
     matrix = rows.matrix
     count = min(usable_cpus() if threads is None else threads, matrix.shape[0])
     if count < 2 or matrix.nnz < THREADED_MIN_NNZ:
