@@ -4,6 +4,8 @@ gate, a linear readout of the last state (10 outputs).
 
     python -m pytest benchmarks/test_distributed.py --benchmark-json=.results/distributed.json
     python -m pytest benchmarks/test_distributed.py -k 2000000 --benchmark-json=.results/distributed-2e6.json
+    python -m pytest benchmarks/test_distributed.py -k "1000000 or 2000000" \
+        --benchmark-json=.results/distributed-sequence.json   # after ShardedESGP became ESGP's sequence op
 
 The sharded case's timed call sends "step" to both ranks and waits for both to finish (the pipe
 round trip is well under a millisecond). Each rank also times its collectives (all-gather,

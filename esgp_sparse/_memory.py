@@ -32,6 +32,18 @@ def peak_rss_bytes() -> int | None:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+def reset_peak_rss() -> bool:
+    """Start the peak over from the present resident set size (Linux >= 4.0: ``5`` written to
+    ``/proc/self/clear_refs``), so that a later :func:`peak_rss_bytes` covers only what came after.
+    Returns False where it cannot (the peak then keeps counting from the process's start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_rss_mib() -> float | None:
     """:func:`peak_rss_bytes` in MiB (None where it cannot be told)."""
     peak = peak_rss_bytes()

@@ -26,11 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from . import _checks
 from .init import RADIUS_METHODS, RadiusMethod, check_connections, derive_seed, drawn_rows, random_reservoir_rows
-from .ops import csr_matmul, csr_sampled_matmul, csr_transpose
+from .ops import CSR, LayerSpec, csr_transpose, esgp_layer
 from .pattern import FixedBuffers
 
 __all__ = ["ShardedESGP", "ShardedLinear", "shard_bounds"]
@@ -40,6 +39,9 @@ _OWNER = "ShardedESGP"
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 ShardedGate = Literal["diagonal", "sparse"]
+# The layer is the single-process one (ops.sequence) with its products exchanging states through the
+# group (LayerSpec.exchange), which runs eagerly: under torch.compile the graph breaks around it.
+_sharded_layer = torch.compiler.disable(esgp_layer)
 
 
 def shard_bounds(size: int, world: int) -> list[int]:
@@ -122,20 +124,6 @@ class _Group:
         return tensor
 
 
-class _GatherUnits(torch.autograd.Function):
-    """(H_rank, B) -> (R * padded, B), every rank's units; backward: the gradient's reduce-scatter."""
-
-    @staticmethod
-    def forward(ctx: Any, local: Tensor, group: _Group) -> Tensor:
-        ctx.group = group
-        return group.gather(local)
-
-    @staticmethod
-    @once_differentiable  # the collective is not tracked: a double backward raises, never drops terms
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return ctx.group.reduce_scatter(grad), None
-
-
 class _AllReduce(torch.autograd.Function):
     """The sum of every rank's ``partial``; the gradient passes through (the loss on the replicated
     result is the same on every rank)."""
@@ -165,48 +153,6 @@ class _Replicated(torch.autograd.Function):
         return ctx.group.all_reduce(grad), None
 
 
-class _RowsProduct(torch.autograd.Function):
-    """``W @ x`` for this rank's fixed rows ``W`` (CSR, with its transpose for the backward)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, module: ShardedESGP) -> Tensor:
-        ctx.module = module
-        return csr_matmul(module.crow_indices, module.col_indices, module.values, x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        m = ctx.module
-        return csr_matmul(m.crow_indices_t, m.col_indices_t, m.values_t, grad.contiguous()), None
-
-
-class _GateProduct(torch.autograd.Function):
-    """``W_g @ x`` for this rank's rows of the sparse gate and ``x`` every rank's candidate states,
-    given by this rank's (H_rank, B): the all-gather happens inside, and the backward gathers again
-    rather than keep the whole (H, B) candidate of every step (T x B x H values on every rank)."""
-
-    @staticmethod
-    def forward(ctx: Any, local: Tensor, values: Tensor, module: ShardedESGP) -> Tensor:
-        ctx.module = module
-        ctx.save_for_backward(local, values)
-        return csr_matmul(module.gate_crow_indices, module.gate_col_indices, values, module._group.gather(local))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        local, values = ctx.saved_tensors
-        m = ctx.module
-        grad = grad.contiguous()
-        grad_local = grad_values = None
-        if ctx.needs_input_grad[0]:
-            full = csr_matmul(m.gate_crow_indices_t, m.gate_col_indices_t, values[m.gate_perm_t], grad)
-            grad_local = m._group.reduce_scatter(full)
-        if ctx.needs_input_grad[1]:
-            x = m._group.gather(local)
-            grad_values = csr_sampled_matmul(m.gate_crow_indices, m.gate_col_indices, grad, x.t().contiguous())
-        return grad_local, grad_values, None
-
-
 class ShardedESGP(FixedBuffers):
     """:class:`esgp_sparse.ESGP` (one layer) with its units split over the ranks of a process group.
 
@@ -228,8 +174,8 @@ class ShardedESGP(FixedBuffers):
             ``seed=None`` draws one on the group's first rank and broadcasts it.
         gate: ``"diagonal"`` (the default here) or ``"sparse"``: the gates that scale (a dense gate
             would need every unit's candidate state on every rank, and H^2 weights).
-        checkpoint: keep only each step's input state for the backward and recompute the step
-            (with its collectives) there.
+        checkpoint: keep only the states for the backward and recompute the candidates and gates
+            there (with their all-gathers), as ``ESGP``'s ``checkpoint``.
         process_group: the group to shard over (None: the default group).
 
     Shape:
@@ -242,12 +188,16 @@ class ShardedESGP(FixedBuffers):
             spectral radius measured on the whole (distributed) reservoir, as in ``ESGPCell``.
 
     Communication per step: one all-gather of the (B, H) state in the forward and one
-    reduce-scatter of its gradient in the backward (two of each with the sparse gate), each of
-    B x H x itemsize bytes over the group.
+    reduce-scatter of its gradient in the backward (two of each with the sparse gate, whose weight
+    gradient gathers the candidates once more), each of B x H x itemsize bytes over the group.
+
+    Memory for the backward: ``ESGP``'s, for this rank's units (the states, candidates and gates:
+    12 bytes per unit and step in float32, 4 with ``checkpoint``); the layer is ``ESGP``'s
+    hand-written backward through time (:func:`esgp_sparse.ops.esgp_layer`) with its products
+    exchanging states through the group, and runs eagerly (under torch.compile, a graph break).
     """
 
     values: Tensor
-    values_t: Tensor
     crow_indices: Tensor
     col_indices: Tensor
     perm_t: Tensor
@@ -315,9 +265,7 @@ class ShardedESGP(FixedBuffers):
         self.radius_error = float(reservoir.radius_error)
         self.radius_measured_with = reservoir.radius_method
         self._register_rows("", reservoir.crow_indices, reservoir.col_indices, device)
-        values = torch.as_tensor(reservoir.values, device=device).to(dtype)
-        self.register_buffer("values", values)
-        self.register_buffer("values_t", values[self.perm_t], persistent=False)
+        self.register_buffer("values", torch.as_tensor(reservoir.values, device=device).to(dtype))
 
         # The learned parameters, drawn whole in ESGPCell's order from torch's generator, then sliced.
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -362,11 +310,6 @@ class ShardedESGP(FixedBuffers):
         for name, tensor in (("crow_indices_t", crow_t), ("col_indices_t", col_t), ("perm_t", perm_t)):
             self.register_buffer(prefix + name, tensor.to(device), persistent=False)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        with torch.no_grad():  # the backward's copy of the values, in the transpose's order
-            self.values_t = self.values[self.perm_t]
-
     def get_extra_state(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
@@ -392,20 +335,13 @@ class ShardedESGP(FixedBuffers):
         """This rank's stored reservoir entries."""
         return self.col_indices.numel()
 
-    def _step(self, h: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """One step in rows layout: ``h`` (H_rank, B) and this step's input ``x`` (B, I). The input
-        projection happens here, not for every step at once: that would keep T x B x H_rank values
-        and their gradient besides the states (the step is recomputed under ``checkpoint``)."""
-        g = self._group
-        u = (x @ self.Win.t()).t()
-        candidate = torch.tanh(u + _RowsProduct.apply(_GatherUnits.apply(h, g), self))
-        if self.gate_type == "diagonal":
-            gate_in = self.gate_weight[:, None] * candidate
-        else:
-            gate_in = _GateProduct.apply(candidate, self.gate_weight, self)
-        gate = torch.sigmoid(gate_in + self.gate_bias[:, None])
-        h = torch.lerp(h, candidate, gate)
-        return h, h
+    def _spec(self) -> LayerSpec:
+        def pattern(prefix: str) -> CSR:
+            names = ("crow_indices", "col_indices", "crow_indices_t", "col_indices_t", "perm_t")
+            return CSR(*(getattr(self, prefix + name) for name in names))
+
+        gate = pattern("gate_") if self.gate_type == "sparse" else None
+        return LayerSpec(pattern(""), cast(ShardedGate, self.gate_type), gate, exchange=self._group)
 
     def forward(self, input: Tensor, h_0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _checks.check_tensor(_OWNER, "input", input, (3,), self.Win)
@@ -417,26 +353,29 @@ class ShardedESGP(FixedBuffers):
             )
         batch = x.shape[0]
         if h_0 is None:
-            h = x.new_zeros((self.stop - self.start, batch))
+            h = x.new_zeros((batch, self.stop - self.start))
         else:
             expected = (1, batch, self.stop - self.start)
             if tuple(h_0.shape) != expected:
                 raise ValueError(
                     f"{_OWNER}: expected h_0 of shape {expected} (1, batch, this rank's units), got {tuple(h_0.shape)}"
                 )
-            h = _checks.check_tensor(_OWNER, "h_0", h_0, (3,), self.Win)[0].t()
-        if x.requires_grad:
-            x = _Replicated.apply(x, self._group)
-        states = []
-        for x_t in x.unbind(1):
-            if self.checkpoint and torch.is_grad_enabled():
-                h, state = checkpoint_fn(self._step, h, x_t, use_reentrant=False)
-            else:
-                h, state = self._step(h, x_t)
-            states.append(state)
-        output = torch.stack(states).permute(2, 0, 1)  # (B, T, H_rank), a view
-        h_n = h.t().unsqueeze(0)
-        return (output if self.batch_first else output.transpose(0, 1)), h_n
+            h = _checks.check_tensor(_OWNER, "h_0", h_0, (3,), self.Win)[0]
+        if input.requires_grad:
+            input = _Replicated.apply(input, self._group)
+        output = _sharded_layer(
+            input,
+            h,
+            self.Win,
+            self.values,
+            self.gate_weight,
+            self.gate_bias,
+            self._spec(),
+            self.batch_first,
+            self.checkpoint,
+        )
+        h_n = (output[:, -1] if self.batch_first else output[-1]).unsqueeze(0)
+        return output, h_n
 
     def extra_repr(self) -> str:
         g = self._group

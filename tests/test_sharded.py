@@ -45,6 +45,25 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
+def _kept_bytes(module: nn.Module, *args: torch.Tensor) -> int:
+    """Bytes of the distinct storages a forward leaves behind: those autograd keeps for the
+    backward, and the output's."""
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        keep(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        for tensor in module(*args):
+            keep(tensor)
+    return sum(storages.values())
+
+
 def _case(
     rank: int, hidden: int, sparsity: float, gate: str, method: str, checkpoint: bool, block, knobs: dict
 ) -> dict:
@@ -70,16 +89,19 @@ def _case(
     loss = head(out[:, -1]).square().sum() + cast_total(out.sin().sum())
     loss.backward()
 
-    # A deep copy (an EMA, say) runs in the same group; a state_dict loads into it, values_t too.
+    # A deep copy (an EMA, say) runs in the same group, and a state_dict loads into it.
     clone = copy.deepcopy(sharded)
     with torch.no_grad():
         clone.values.mul_(2.0)
-        clone.values_t.mul_(3.0)  # stale on purpose: load_state_dict must rebuild it
     clone.load_state_dict(sharded.state_dict())
     x.requires_grad_(True)
     clone_loss = clone(x, h_0[..., units].contiguous())[0].sin().sum()
     (clone_grad,) = torch.autograd.grad(cast_total(clone_loss), x)
     (x_grad_ref,) = torch.autograd.grad(reference(x, h_0)[0].sin().sum(), x)  # the whole gradient, on every rank
+    # What the backward keeps: the reference's for this rank's units (states, candidates, gates,
+    # reservoir, Win, gate), and the input x, which every rank holds whole.
+    kept = _kept_bytes(sharded, x, h_0[..., units].contiguous())
+    kept_share = (_kept_bytes(reference, x, h_0) - x.nbytes) * (sharded.stop - sharded.start) / hidden + x.nbytes
     cell = reference.cells[0]
     gate_weight = cell.gate.weight if gate == "diagonal" else cell.gate.weight_values
     offset = int(cell.gate.crow_indices[sharded.start]) if gate == "sparse" else sharded.start
@@ -96,6 +118,7 @@ def _case(
         "radius": abs(sharded.radius - cell.radius) / cell.radius,
         "copy_input_grad": _relative(clone_grad, x_grad_ref),
     }
+    errors["kept_bytes_over_the_share"] = max(0.0, kept / kept_share - 1.03)  # 3 %: uneven nnz, padding
     return dict(
         errors=errors,
         method=sharded.radius_measured_with,

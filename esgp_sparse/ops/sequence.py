@@ -24,7 +24,7 @@ Reference twin: :func:`esgp_sparse.ops.naive.naive_layer`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -39,6 +39,20 @@ GATES: tuple[GateKind, ...] = ("dense", "diagonal", "sparse")
 CHUNK_BYTES = 4 * 2**20
 
 
+class Exchange(Protocol):
+    """How a layer whose units are split over processes reaches the others' units
+    (:class:`esgp_sparse.sharded.ShardedESGP`'s process group).
+
+    ``gather`` takes this process's units, (H_here, ...), to every unit, (H_all, ...), in the
+    layout the CSR patterns' columns index; ``reduce_scatter`` takes a (H_all, ...) partial sum
+    back to the sum over every process for this process's units.
+    """
+
+    def gather(self, local: Tensor) -> Tensor: ...
+
+    def reduce_scatter(self, full: Tensor) -> Tensor: ...
+
+
 class LayerSpec(NamedTuple):
     """The non-tensor description of a layer, fixed for the whole sequence.
 
@@ -49,12 +63,17 @@ class LayerSpec(NamedTuple):
         gate_csr: the sparse gate's pattern, else None.
         compiled: run the steps through Inductor, :data:`esgp_sparse.ops.chunked.STEPS` at a time
             (see :mod:`esgp_sparse.ops.chunked`).
+        exchange: for a layer whose units are split over processes: the CSR patterns hold this
+            process's rows, their columns index every unit, and each CSR product reads the gathered
+            state (its transpose's result is reduce-scattered). Eager only (not with ``compiled``,
+            torch.compile or export); None: one process holds every unit.
     """
 
     recurrent_csr: CSR | None
     gate: GateKind
     gate_csr: CSR | None
     compiled: bool = False
+    exchange: Exchange | None = None
 
     @property
     def rows(self) -> bool:
@@ -95,12 +114,20 @@ def _operands(recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor, spec: L
     return Operands(orient(recurrent, spec.recurrent_csr), gate, gate_bias if rows else gate_bias[:, None])
 
 
-def _matmul_add_(acc: Tensor, x: Tensor, weight: Tensor, csr: CSR | None, rows: bool, backward: bool) -> Tensor:
+def _csr_product(x: Tensor, weight: Tensor, csr: CSR, exchange: Exchange | None, backward: bool) -> Tensor:
+    """``M @ x`` (``M.T @ x`` with ``backward``, ``weight`` then in the transpose's order); with an
+    ``exchange``, ``x`` holds this process's units and so does the result."""
+    if backward:
+        product = csr_matmul(csr.crow_t, csr.col_t, weight, x)
+        return product if exchange is None else exchange.reduce_scatter(product)
+    return csr_matmul(csr.crow, csr.col, weight, x if exchange is None else exchange.gather(x))
+
+
+def _matmul_add_(acc: Tensor, x: Tensor, weight: Tensor, csr: CSR | None, spec: LayerSpec, backward: bool) -> Tensor:
     """``acc += x @ M`` (rows) or ``acc += M @ x`` (cols) in place, M dense or CSR."""
     if csr is not None:
-        crow, col = (csr.crow_t, csr.col_t) if backward else (csr.crow, csr.col)
-        return acc.add_(csr_matmul(crow, col, weight, x))
-    return acc.addmm_(x, weight) if rows else acc.addmm_(weight, x)
+        return acc.add_(_csr_product(x, weight, csr, spec.exchange, backward))
+    return acc.addmm_(x, weight) if spec.rows else acc.addmm_(weight, x)
 
 
 def forward_step(
@@ -112,11 +139,12 @@ def forward_step(
     forward :class:`Operands`. Writes ``h' -> h_out``, ``h~ -> candidate_out``, ``g -> gate_out``.
     """
     rows = spec.rows
-    torch.tanh(_matmul_add_(u, h, ops.recurrent, spec.recurrent_csr, rows, False), out=candidate_out)
+    torch.tanh(_matmul_add_(u, h, ops.recurrent, spec.recurrent_csr, spec, False), out=candidate_out)
     if spec.gate == "diagonal":
         torch.addcmul(ops.bias, ops.gate, candidate_out, out=gate_out)
     elif spec.gate_csr is not None:
-        torch.add(csr_matmul(spec.gate_csr.crow, spec.gate_csr.col, ops.gate, candidate_out), ops.bias, out=gate_out)
+        product = _csr_product(candidate_out, ops.gate, spec.gate_csr, spec.exchange, False)
+        torch.add(product, ops.bias, out=gate_out)
     elif rows:
         torch.addmm(ops.bias, candidate_out, ops.gate, out=gate_out)
     else:
@@ -143,7 +171,6 @@ def backward_step(
     they are in cache. ``ops`` are the backward :class:`Operands`. Writes dL/dz (gate
     pre-activation) to ``grad_z_out`` and dL/da (candidate pre-activation) to ``grad_a_out``.
     """
-    rows = spec.rows
     grad = carry.add_(grad_h)  # carry is this loop's own temporary (and keeps its layout)
     # dL/dz = dL/dh' (h~ - h) g (1 - g)
     torch.sub(candidate, h_prev, out=grad_z_out).mul_(grad).mul_(torch.addcmul(gate, gate, gate, value=-1))
@@ -152,10 +179,10 @@ def backward_step(
     if spec.gate == "diagonal":
         grad_candidate.addcmul_(ops.gate, grad_z_out)
     else:
-        _matmul_add_(grad_candidate, grad_z_out, ops.gate, spec.gate_csr, rows, True)
+        _matmul_add_(grad_candidate, grad_z_out, ops.gate, spec.gate_csr, spec, True)
     # dL/da = dL/dh~ (1 - h~^2)
     torch.addcmul(grad_candidate, grad_candidate * candidate, candidate, value=-1, out=grad_a_out)
-    return _matmul_add_(grad_kept, grad_a_out, ops.recurrent, spec.recurrent_csr, rows, True)
+    return _matmul_add_(grad_kept, grad_a_out, ops.recurrent, spec.recurrent_csr, spec, True)
 
 
 def _work_steps(spec: LayerSpec, steps: int, hidden: int, batch: int, element_size: int) -> int:
@@ -398,7 +425,11 @@ def _backward(
             grad_gate_weight += (grad_z * c).sum((0, batch_dim))
         elif spec.gate_csr is not None:
             rows_zb = grad_z.permute(1, 0, 2).reshape(hidden, -1)  # (H, K*B)
-            cols_bc = c.permute(0, 2, 1).reshape(-1, hidden)  # (K*B, H)
+            if spec.exchange is None:
+                cols_bc = c.permute(0, 2, 1).reshape(-1, hidden)  # (K*B, H)
+            else:  # every unit's candidates (K*B, H_all), gathered again rather than kept
+                whole = spec.exchange.gather(c.transpose(0, 1))  # (H_all, K, B)
+                cols_bc = whole.permute(1, 2, 0).reshape(-1, whole.shape[0])
             grad_gate_weight += csr_sampled_matmul(spec.gate_csr.crow, spec.gate_csr.col, rows_zb, cols_bc)
         else:
             raise ValueError("esgp_layer: expected spec.gate_csr for a sparse gate, got None")
@@ -752,6 +783,11 @@ def esgp_layer(
     if recurrent.requires_grad:
         raise ValueError("esgp_layer: expected a fixed reservoir, got recurrent.requires_grad=True")
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias))
+    if spec.exchange is not None and (spec.compiled or torch.compiler.is_compiling()):
+        raise RuntimeError(
+            "esgp_layer: a layer split over processes (spec.exchange) runs eagerly, not in compiled chunks, "
+            "torch.compile, export or ONNX (call it from a function under torch.compiler.disable)"
+        )
     if torch.onnx.is_in_onnx_export():  # ONNX has no CSR product and no custom op: see ops/scan.py
         if not torch.compiler.is_exporting():
             raise RuntimeError(

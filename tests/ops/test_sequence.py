@@ -6,7 +6,16 @@ from _testing import TOL, cuda, pattern, reservoir_tensors
 
 import esgp_sparse.ops.chunked as chunked
 import esgp_sparse.ops.sequence as sequence
-from esgp_sparse.ops import LayerSpec, csr_to_dense, esgp_cell, esgp_layer, naive_cell, naive_layer
+from esgp_sparse.ops import (
+    CSR,
+    LayerSpec,
+    csr_to_dense,
+    csr_transpose,
+    esgp_cell,
+    esgp_layer,
+    naive_cell,
+    naive_layer,
+)
 
 T, B, I, H = 11, 3, 4, 29
 
@@ -110,6 +119,55 @@ def test_fixed_reservoir_is_enforced():
         esgp_layer(
             p["x"], p["h0"], p["input_weight"], recurrent.requires_grad_(), p["gate_weight"], p["gate_bias"], spec
         )
+
+
+class PaddedExchange:
+    """One process's units in a gathered buffer padded with 3 zero rows (as a rank's block is padded
+    to the largest one's), counting the collectives a layer asks for."""
+
+    pad = 3
+
+    def __init__(self) -> None:
+        self.calls = {"gather": 0, "reduce_scatter": 0}
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        self.calls["gather"] += 1
+        return torch.cat([local, local.new_zeros((self.pad, *local.shape[1:]))])
+
+    def reduce_scatter(self, full: torch.Tensor) -> torch.Tensor:
+        self.calls["reduce_scatter"] += 1
+        assert full.shape[0] == H + self.pad
+        return full[:H]
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["kept", "checkpoint"])
+@pytest.mark.parametrize("gate", ["diagonal", "sparse"])
+def test_layer_with_an_exchange_reads_the_gathered_states(gate, checkpoint, monkeypatch):
+    """The hooks ShardedESGP passes (LayerSpec.exchange): every CSR product reads the gathered
+    state and reduce-scatters its transpose's result; the same numbers as without them."""
+    monkeypatch.setattr(sequence, "CHUNK_BYTES", 4 * H * B * 8)
+    p, recurrent, spec, *_ = problem(gate, "sparse")
+
+    def padded(csr: CSR) -> CSR:  # the transpose over the gathered buffer's rows
+        return CSR(csr.crow, csr.col, *csr_transpose(csr.crow, csr.col, H + PaddedExchange.pad))
+
+    exchange = PaddedExchange()
+    gate_csr = padded(spec.gate_csr) if spec.gate_csr is not None else None
+    exchanged = LayerSpec(padded(spec.recurrent_csr), gate, gate_csr, exchange=exchange)
+    args = (p["x"], p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"])
+    out, want = esgp_layer(*args, exchanged, checkpoint=checkpoint), esgp_layer(*args, spec)
+    torch.testing.assert_close(out, want, **TOL[torch.float64])
+    grad = torch.randn_like(out)
+    inputs = list(p.values())
+    for g, w in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(want, inputs, grad), strict=True):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+    products = 2 if gate == "sparse" else 1  # recurrent, and the sparse gate's
+    chunks = len(range(0, T, 4))
+    gathers = products * T * (2 if checkpoint else 1) + (chunks if gate == "sparse" else 0)
+    assert exchange.calls == {"gather": gathers, "reduce_scatter": products * T}
+    exchanged = exchanged._replace(compiled=True)
+    with pytest.raises(RuntimeError, match=r"split over processes \(spec.exchange\) runs eagerly"):
+        esgp_layer(*args, exchanged)
 
 
 def test_chunk_size_bounds():
