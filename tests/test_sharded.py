@@ -27,17 +27,24 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import esgp_sparse.init.reservoir as reservoir_module
+import esgp_sparse.ops.sequence as sequence_module
 from esgp_sparse import ESGP
 from esgp_sparse.distributed import ShardedESGP, ShardedLinear, shard_bounds
 from esgp_sparse.init import drawn_rows, random_reservoir
 
 WORLD = 2
+DEFAULT_CHUNK_BYTES = sequence_module.CHUNK_BYTES
 CASES = [
-    # hidden, sparsity, gate, radius method, checkpoint, rows per block, initialisation knobs
-    (301, 0.05, "diagonal", "auto", False, None, {}),  # dense eigenvalues; 151 + 150 units (padded)
-    (1000, 0.01, "sparse", "arpack", True, 128, dict(input_scaling=0.3, gate_bias_init=2.0)),  # 8 blocks
-    (3001, 0.004, "diagonal", "power", False, 256, dict(input_scaling=0.1, gate_bias_init=-1.0)),
-    (3001, 0.004, "sparse", "power", False, 256, {}),
+    # hidden, sparsity, gate, radius method, checkpoint, rows per block, initialisation knobs, and
+    # the bytes of a work chunk (ops.sequence.CHUNK_BYTES; None: the default, one chunk here)
+    (301, 0.05, "diagonal", "auto", False, None, {}, None),  # dense eigenvalues; 151 + 150 units (padded)
+    (1000, 0.01, "sparse", "arpack", True, 128, dict(input_scaling=0.3, gate_bias_init=2.0), None),  # 8 blocks
+    (3001, 0.004, "diagonal", "power", False, 256, dict(input_scaling=0.1, gate_bias_init=-1.0), None),
+    (3001, 0.004, "sparse", "power", False, 256, {}, None),
+    # Chunks of 3 steps of 151 x 5 float64 values: by its own 150 units the second rank would take 4
+    # (and its collectives would no longer meet the first rank's).
+    (301, 0.05, "sparse", "auto", True, None, {}, 24_000),
+    (301, 0.05, "sparse", "auto", False, None, {}, 24_000),
 ]
 
 
@@ -65,14 +72,23 @@ def _kept_bytes(module: nn.Module, *args: torch.Tensor) -> int:
 
 
 def _case(
-    rank: int, hidden: int, sparsity: float, gate: str, method: str, checkpoint: bool, block, knobs: dict
+    rank: int,
+    hidden: int,
+    sparsity: float,
+    gate: str,
+    method: str,
+    checkpoint: bool,
+    block,
+    knobs: dict,
+    chunk_bytes: int | None,
 ) -> dict:
     if block is not None:
         reservoir_module.BLOCK_ROWS = block
+    sequence_module.CHUNK_BYTES = chunk_bytes or DEFAULT_CHUNK_BYTES
     kwargs = dict(sparsity=sparsity, spectral_radius=0.9, gate=gate, seed=11, radius_method=method, dtype=torch.float64)
     kwargs.update(knobs)
     torch.manual_seed(5)
-    reference = ESGP(3, hidden, **kwargs)
+    reference = ESGP(3, hidden, checkpoint=checkpoint, **kwargs)
     head_reference = nn.Linear(hidden, 4, dtype=torch.float64)
     torch.manual_seed(5)
     sharded = ShardedESGP(3, hidden, checkpoint=checkpoint, **kwargs)
@@ -163,7 +179,10 @@ def results(tmp_path_factory) -> list[list[dict]]:
     return [json.loads(Path(out, f"{rank}.json").read_text()) for rank in range(WORLD)]
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
+CASE_IDS = [f"{c[0]}-{c[2]}-{c[3]}" + "-checkpoint" * c[4] + f"-chunks{c[7]}" * bool(c[7]) for c in CASES]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
 def test_sharded_equals_the_single_process_model(results, index):
     hidden = CASES[index][0]
     bounds = shard_bounds(hidden, WORLD)
@@ -177,7 +196,8 @@ def test_sharded_equals_the_single_process_model(results, index):
 
 
 def test_the_methods_measured_are_those_asked_for(results):
-    assert [results[0][i]["method"] for i in range(len(CASES))] == ["dense", "arpack", "power+ritz", "power+ritz"]
+    methods = [results[0][i]["method"] for i in range(len(CASES))]
+    assert methods == ["dense", "arpack", "power+ritz", "power+ritz", "dense", "dense"]
 
 
 def test_shard_bounds_are_contiguous_and_balanced():

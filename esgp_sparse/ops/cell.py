@@ -30,6 +30,8 @@ def esgp_cell(
         gate_weight: (H, H), (H,) or (nnz_gate,) as ``spec.gate`` says; gate_bias: (H,)
         returns: (B, H)
     """
+    if spec.exchange is not None:
+        raise ValueError("esgp_cell: expected a layer of one process (spec.exchange=None); see esgp_layer")
     csr = spec.recurrent_csr
     driven = F.linear(h, recurrent) if csr is None else sparse_linear(h, recurrent, *csr)
     candidate = torch.tanh(F.linear(x, input_weight) + driven)

@@ -43,10 +43,14 @@ class Exchange(Protocol):
     """How a layer whose units are split over processes reaches the others' units
     (:class:`esgp_sparse.sharded.ShardedESGP`'s process group).
 
-    ``gather`` takes this process's units, (H_here, ...), to every unit, (H_all, ...), in the
-    layout the CSR patterns' columns index; ``reduce_scatter`` takes a (H_all, ...) partial sum
-    back to the sum over every process for this process's units.
+    ``gather`` takes this process's units, (H_here, ...), to every process's, in the layout the CSR
+    patterns' columns index (each process's block padded to ``padded`` rows: (processes * padded,
+    ...)); ``reduce_scatter`` takes such a partial sum back to the sum over every process, for this
+    process's units. ``padded``, the most units any process holds, also sets the work chunks, so that
+    every process runs the same chunks and so the same collectives.
     """
+
+    padded: int
 
     def gather(self, local: Tensor) -> Tensor: ...
 
@@ -187,8 +191,11 @@ def backward_step(
 
 def _work_steps(spec: LayerSpec, steps: int, hidden: int, batch: int, element_size: int) -> int:
     """Steps per work chunk: :data:`esgp_sparse.ops.chunked.STEPS` when compiled, else
-    :func:`chunk_size`'s."""
-    return chunked.STEPS if spec.compiled else chunk_size(steps, hidden, batch, element_size)
+    :func:`chunk_size`'s (for the most units any process holds where they are split: a chunk's
+    collectives must be every process's)."""
+    if spec.compiled:
+        return chunked.STEPS
+    return chunk_size(steps, hidden if spec.exchange is None else spec.exchange.padded, batch, element_size)
 
 
 def _chunk_fns(spec: LayerSpec, like: Tensor) -> tuple[Callable[..., Any], Callable[..., Any]]:

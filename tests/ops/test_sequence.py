@@ -126,6 +126,7 @@ class PaddedExchange:
     to the largest one's), counting the collectives a layer asks for."""
 
     pad = 3
+    padded = H
 
     def __init__(self) -> None:
         self.calls = {"gather": 0, "reduce_scatter": 0}
