@@ -7,8 +7,10 @@
 
 TASK is one of ``mackey_glass``, ``adding``, ``copy``, ``delayed_response``, ``smnist`` (see
 :mod:`esgp_sparse.datasets` for their definitions). Every model gets the same data, the same
-linear head, the same optimiser (Adam, lr 1e-3, gradient norm clipped to 1) and the same epochs;
-each prints its parameter count beside its score, and a markdown table closes the run.
+linear head (on the scored steps' states; ``--readout mean``: on the mean state over time, for the
+tasks scored once per sequence), the same optimiser (Adam, lr 1e-3, gradient norm clipped to 1) and
+the same epochs; each prints its parameter count beside its score, and a markdown table closes the
+run.
 
 Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``esgp-sparse``
 and ``esgp-diagonal`` (the same with the gates that scale), ``gru`` and
@@ -156,17 +158,35 @@ MODELS = ("esgp", "esgp-sparse", "esgp-diagonal", "gru", "lstm", "esn")
 GATE: dict[str, GateType] = {"esgp": "dense", "esgp-sparse": "sparse", "esgp-diagonal": "diagonal"}
 
 
-class SequenceModel(nn.Module):
-    """A recurrent core and a linear head on the scored steps (the last one, or the last ``k``)."""
+READOUTS = ("last", "mean")
 
-    def __init__(self, core: nn.Module, hidden_size: int, output_size: int) -> None:
+
+def scores_one_output(task: Task) -> bool:
+    """Whether ``task`` scores one output per sequence (its last step), rather than several steps."""
+    return task.outputs(torch.zeros(1, 2, 1)) == 0
+
+
+class SequenceModel(nn.Module):
+    """A recurrent core and a linear head on the scored steps (the last one, or the last ``k``).
+
+    ``readout="mean"``: where one output per sequence is scored, the head reads the mean of the
+    states over every step instead of the last state."""
+
+    def __init__(self, core: nn.Module, hidden_size: int, output_size: int, readout: str = "last") -> None:
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"tasks: expected readout in {READOUTS}, got {readout!r}")
         self.core = core
         self.head = nn.Linear(hidden_size, output_size)
+        self.readout = readout
 
     def forward(self, x: Tensor, scored: int) -> Tensor:
         states = self.core(x)[0]
-        return self.head(states[:, -1] if scored == 0 else states[:, -scored:])
+        if scored == 0:
+            return self.head(states[:, -1] if self.readout == "last" else states.mean(1))
+        if self.readout != "last":
+            raise ValueError(f"tasks: readout={self.readout!r} reads one output per sequence, not {scored} steps")
+        return self.head(states[:, -scored:])
 
 
 def build_model(
@@ -177,11 +197,13 @@ def build_model(
     per_unit: float | None = None,
     input_scaling: float = 1.0,
     gate_bias_init: float | None = None,
+    readout: str = "last",
 ) -> SequenceModel:
     """``name`` with ``hidden`` units; the reservoirs keep 10 % of their connections (the original's
     sparsity), or ``per_unit`` connections per unit when given (what large reservoirs need).
     ``input_scaling`` and ``gate_bias_init`` (see :class:`~esgp_sparse.ESGPCell`) apply to the ESGP
-    models; the ESN takes ``input_scaling`` (its gate is fixed open)."""
+    models; the ESN takes ``input_scaling`` (its gate is fixed open). ``readout``: see
+    :class:`SequenceModel`."""
     torch.manual_seed(seed)
     i = task.input_size
     sparsity = 0.1 if per_unit is None else min(1.0, per_unit / hidden)
@@ -199,7 +221,7 @@ def build_model(
         core = {"gru": nn.GRU, "lstm": nn.LSTM}[name](i, hidden, batch_first=True)
     else:
         raise ValueError(f"tasks: expected a model in {MODELS}, got {name!r}")
-    return SequenceModel(core, hidden, task.output_size)
+    return SequenceModel(core, hidden, task.output_size, readout)
 
 
 def _loss(task: Task, prediction: Tensor, target: Tensor) -> Tensor:
@@ -300,8 +322,10 @@ def baseline_score(task: Task, y_train: Tensor, y_test: Tensor) -> float:
 
 def _knobs(results: dict) -> str:
     scaling, bias = results.get("input_scaling", 1.0), results.get("gate_bias_init")
-    return ("" if scaling == 1.0 else f"input scaling {scaling:g} (ESGP, ESN), ") + (
-        "" if bias is None else f"gate bias {bias:g} at first (ESGP), "
+    return (
+        ("" if scaling == 1.0 else f"input scaling {scaling:g} (ESGP, ESN), ")
+        + ("" if bias is None else f"gate bias {bias:g} at first (ESGP), ")
+        + ("" if results.get("readout", "last") == "last" else "the head on the mean state over time, ")
     )
 
 
@@ -446,10 +470,13 @@ def run(
     per_unit: float | None = None,
     input_scaling: float = 1.0,
     gate_bias_init: float | None = None,
+    readout: str = "last",
 ) -> dict:
     """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
     task = TASKS[task_name]
+    if readout != "last" and not scores_one_output(task):
+        raise ValueError(f"tasks: readout={readout!r} needs a task scored once per sequence; {task_name} scores steps")
     sizes = [hidden] if isinstance(hidden, int) else list(hidden)
     data = subset(task.data(quick, seed, data_dir), train_size, seed)
     print(
@@ -458,6 +485,7 @@ def run(
         + ("" if per_unit is None else f", {per_unit:g} connections per unit")
         + ("" if input_scaling == 1.0 else f", input scaling {input_scaling:g}")
         + ("" if gate_bias_init is None else f", gate bias {gate_bias_init:g} at first")
+        + ("" if readout == "last" else ", the head on the mean state over time")
     )
     if task.name == "smnist" and (quick or data_dir is None):
         print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
@@ -468,6 +496,7 @@ def run(
         per_unit=per_unit,
         input_scaling=input_scaling,
         gate_bias_init=gate_bias_init,
+        readout=readout,
         quick=quick,
         seed=seed,
         metric=task.metric,
@@ -482,7 +511,7 @@ def run(
     for size in sizes:
         for name in models:
             label = name if len(sizes) == 1 else f"{name} H={size}"
-            model = build_model(name, task, size, seed, per_unit, input_scaling, gate_bias_init)
+            model = build_model(name, task, size, seed, per_unit, input_scaling, gate_bias_init, readout)
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"{label}: {parameters:,} trained parameters")
             row = train(model, task, data, epochs, seed, label)
@@ -512,6 +541,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument(
         "--gate-bias-init", type=float, help="every unit's initial gate bias (ESGP models; default nn.Linear's)"
+    )
+    parser.add_argument(
+        "--readout",
+        choices=READOUTS,
+        default="last",
+        help="the head reads the last state, or the mean state over time (tasks scored once per sequence)",
     )
     parser.add_argument("--plot-sizes", help="draw each task's score against H, a line per model, to this image file")
     parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
@@ -566,7 +601,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--input-scaling: expected a positive number, got {args.input_scaling}")
     if args.gate_bias_init is not None and not math.isfinite(args.gate_bias_init):
         parser.error(f"--gate-bias-init: expected a finite number, got {args.gate_bias_init}")
-    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init)
+    if args.readout != "last":
+        stepwise = [t for t in args.tasks if not scores_one_output(TASKS[t])]
+        if stepwise:
+            parser.error(f"--readout {args.readout}: reads one output per sequence; {', '.join(stepwise)} score steps")
+    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init, args.readout)
     results = [
         run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, *knobs)
         for t in args.tasks

@@ -202,3 +202,26 @@ def test_initialisation_knobs_reach_the_models_and_the_results(monkeypatch, caps
         with pytest.raises(SystemExit):
             tasks.main(["adding", "--quick", flag, value])
         assert message in capsys.readouterr().err
+
+
+def test_the_mean_readout_reads_the_mean_state_and_only_where_one_output_is_scored(monkeypatch, capsys):
+    task = tasks.TASKS["smnist"]
+    model = tasks.build_model("esgp-diagonal", task, 12, seed=0, readout="mean")
+    x = torch.randn(3, 7, task.input_size)
+    states = model.core(x)[0]
+    torch.testing.assert_close(model(x, 0), model.head(states.mean(1)))
+    assert not torch.allclose(model(x, 0), model.head(states[:, -1]))
+    with pytest.raises(ValueError, match=r"readout='mean' reads one output per sequence, not 4 steps"):
+        model(x, 4)
+    with pytest.raises(ValueError, match=r"expected readout in \('last', 'mean'\), got 'max'"):
+        tasks.build_model("esgp", task, 12, seed=0, readout="max")
+
+    monkeypatch.setattr(tasks, "train", lambda model, *args: dict(curve=[50.0], train_loss=[1.0], seconds=1.0))
+    (result,) = tasks.main(["adding", "--quick", "--models", "esgp-sparse", "--readout", "mean"])
+    assert result["readout"] == "mean"
+    assert "the head on the mean state over time" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tasks.main(["copy", "--quick", "--readout", "mean"])
+    assert "--readout mean: reads one output per sequence; copy score steps" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs a task scored once per sequence; delayed_response scores steps"):
+        tasks.run("delayed_response", ["esgp"], 1, 8, True, 0, None, readout="mean")
