@@ -476,7 +476,9 @@ def run(
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
     task = TASKS[task_name]
     if readout != "last" and not scores_one_output(task):
-        raise ValueError(f"tasks: readout={readout!r} needs a task scored once per sequence; {task_name} scores steps")
+        raise ValueError(
+            f"tasks: readout={readout!r} needs a task scored once per sequence; {task_name} is scored at every step"
+        )
     sizes = [hidden] if isinstance(hidden, int) else list(hidden)
     data = subset(task.data(quick, seed, data_dir), train_size, seed)
     print(
@@ -604,7 +606,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.readout != "last":
         stepwise = [t for t in args.tasks if not scores_one_output(TASKS[t])]
         if stepwise:
-            parser.error(f"--readout {args.readout}: reads one output per sequence; {', '.join(stepwise)} score steps")
+            parser.error(
+                f"--readout {args.readout}: reads one output per sequence; scored at every step: {', '.join(stepwise)}"
+            )
     knobs = (args.per_unit, args.input_scaling, args.gate_bias_init, args.readout)
     results = [
         run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, *knobs)

@@ -34,6 +34,7 @@ from esgp_sparse.init import drawn_rows, random_reservoir
 
 WORLD = 2
 DEFAULT_CHUNK_BYTES = sequence_module.CHUNK_BYTES
+DEFAULT_BLOCK_ROWS = reservoir_module.BLOCK_ROWS
 CASES = [
     # hidden, sparsity, gate, radius method, checkpoint, rows per block, initialisation knobs, and
     # the bytes of a work chunk (ops.sequence.CHUNK_BYTES; None: the default, one chunk here)
@@ -82,8 +83,7 @@ def _case(
     knobs: dict,
     chunk_bytes: int | None,
 ) -> dict:
-    if block is not None:
-        reservoir_module.BLOCK_ROWS = block
+    reservoir_module.BLOCK_ROWS = block or DEFAULT_BLOCK_ROWS
     sequence_module.CHUNK_BYTES = chunk_bytes or DEFAULT_CHUNK_BYTES
     kwargs = dict(sparsity=sparsity, spectral_radius=0.9, gate=gate, seed=11, radius_method=method, dtype=torch.float64)
     kwargs.update(knobs)

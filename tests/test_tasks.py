@@ -216,12 +216,18 @@ def test_the_mean_readout_reads_the_mean_state_and_only_where_one_output_is_scor
     with pytest.raises(ValueError, match=r"expected readout in \('last', 'mean'\), got 'max'"):
         tasks.build_model("esgp", task, 12, seed=0, readout="max")
 
-    monkeypatch.setattr(tasks, "train", lambda model, *args: dict(curve=[50.0], train_loss=[1.0], seconds=1.0))
+    def train(model, *args):
+        assert model.readout == "mean"  # what the command line asked for reaches the model
+        return dict(curve=[50.0], train_loss=[1.0], seconds=1.0)
+
+    monkeypatch.setattr(tasks, "train", train)
     (result,) = tasks.main(["adding", "--quick", "--models", "esgp-sparse", "--readout", "mean"])
     assert result["readout"] == "mean"
     assert "the head on the mean state over time" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         tasks.main(["copy", "--quick", "--readout", "mean"])
-    assert "--readout mean: reads one output per sequence; copy score steps" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="needs a task scored once per sequence; delayed_response scores steps"):
+    assert "--readout mean: reads one output per sequence; scored at every step: copy" in capsys.readouterr().err
+    with pytest.raises(
+        ValueError, match="needs a task scored once per sequence; delayed_response is scored at every step"
+    ):
         tasks.run("delayed_response", ["esgp"], 1, 8, True, 0, None, readout="mean")

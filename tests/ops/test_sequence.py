@@ -123,10 +123,11 @@ def test_fixed_reservoir_is_enforced():
 
 class PaddedExchange:
     """One process's units in a gathered buffer padded with 3 zero rows (as a rank's block is padded
-    to the largest one's), counting the collectives a layer asks for."""
+    to the largest one's), counting the collectives a layer asks for. ``padded`` says another
+    process holds twice the units: the work chunks follow it (2 steps, not 4)."""
 
     pad = 3
-    padded = H
+    padded = 2 * H
 
     def __init__(self) -> None:
         self.calls = {"gather": 0, "reduce_scatter": 0}
@@ -163,12 +164,14 @@ def test_layer_with_an_exchange_reads_the_gathered_states(gate, checkpoint, monk
     for g, w in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(want, inputs, grad), strict=True):
         torch.testing.assert_close(g, w, **TOL[torch.float64])
     products = 2 if gate == "sparse" else 1  # recurrent, and the sparse gate's
-    chunks = len(range(0, T, 4))
+    chunks = len(range(0, T, 2))
     gathers = products * T * (2 if checkpoint else 1) + (chunks if gate == "sparse" else 0)
     assert exchange.calls == {"gather": gathers, "reduce_scatter": products * T}
     exchanged = exchanged._replace(compiled=True)
     with pytest.raises(RuntimeError, match=r"split over processes \(spec.exchange\) runs eagerly"):
         esgp_layer(*args, exchanged)
+    with pytest.raises(ValueError, match=r"esgp_cell: expected a layer of one process \(spec.exchange=None\)"):
+        esgp_cell(p["x"][0], p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], exchanged)
 
 
 def test_chunk_size_bounds():
