@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import _checks
+from .cell import autocast_dtype
+from .esgp import _in_dtype
 from .init import RADIUS_METHODS, RadiusMethod, check_connections, derive_seed, drawn_rows, random_reservoir_rows
 from .ops import CSR, LayerSpec, csr_transpose, esgp_layer
 from .pattern import FixedBuffers
@@ -363,19 +365,18 @@ class ShardedESGP(FixedBuffers):
             h = _checks.check_tensor(_OWNER, "h_0", h_0, (3,), self.Win)[0]
         if input.requires_grad:
             input = _Replicated.apply(input, self._group)
-        output = _sharded_layer(
-            input,
-            h,
-            self.Win,
-            self.values,
-            self.gate_weight,
-            self.gate_bias,
-            self._spec(),
-            self.batch_first,
-            self.checkpoint,
-        )
-        h_n = (output[:, -1] if self.batch_first else output[-1]).unsqueeze(0)
-        return output, h_n
+        spec = self._spec()
+
+        def run(x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:  # in x's dtype, as ESGP's layers run
+            def cast(tensor: Tensor) -> Tensor:
+                return tensor if tensor.dtype == x.dtype else tensor.to(x.dtype)
+
+            weights = (cast(self.Win), cast(self.values), cast(self.gate_weight), cast(self.gate_bias))
+            output = _sharded_layer(x, h, *weights, spec, self.batch_first, self.checkpoint)
+            return output, (output[:, -1] if self.batch_first else output[-1]).unsqueeze(0)
+
+        # Under torch.autocast the layer runs in its dtype (bfloat16, say) and returns the module's.
+        return _in_dtype(autocast_dtype(input.device.type, self.Win.dtype), self.Win.dtype, run, input, h)
 
     def extra_repr(self) -> str:
         g = self._group

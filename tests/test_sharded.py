@@ -146,6 +146,28 @@ def _case(
     )
 
 
+def _autocast_case(rank: int) -> dict:
+    """Float32 modules under torch.autocast(bfloat16): the sharded layer computes in bfloat16 (as
+    ESGP does) and returns float32; its error against the float32 output, and its gradients' sizes."""
+    reservoir_module.BLOCK_ROWS = DEFAULT_BLOCK_ROWS
+    sequence_module.CHUNK_BYTES = DEFAULT_CHUNK_BYTES
+    result = {}
+    for gate in ("diagonal", "sparse"):
+        torch.manual_seed(5)
+        sharded = ShardedESGP(3, 301, sparsity=0.05, gate=gate, seed=11)
+        x = torch.randn(5, 7, 3, generator=torch.Generator().manual_seed(0))
+        exact = sharded(x)[0].detach()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = sharded(x)[0]
+        cast_total(out.sum()).backward()
+        result[gate] = dict(
+            dtype=str(out.dtype),
+            error=_relative(out.detach(), exact),
+            finite_grads=all(bool(p.grad.isfinite().all()) for p in sharded.parameters()),
+        )
+    return result
+
+
 def cast_total(partial: torch.Tensor) -> torch.Tensor:
     """A sum over this rank's units made the sum over every unit (replicated), differentiably."""
     from esgp_sparse.sharded import _AllReduce, _Group
@@ -160,7 +182,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)  # no deprecated collective (torch 2.13 renamed two)
-            results = [_case(rank, *case) for case in CASES]
+            results = [_case(rank, *case) for case in CASES] + [_autocast_case(rank)]
     except BaseException:
         traceback.print_exc()
         os._exit(1)  # at once: mp.spawn then stops the other rank, which waits in a collective
@@ -193,6 +215,14 @@ def test_sharded_equals_the_single_process_model(results, index):
         assert result["values_equal_to"] < 1e-12
         for name, error in result["errors"].items():
             assert error < 1e-10, (rank, name, error)
+
+
+def test_under_autocast_the_layer_computes_in_bfloat16_and_returns_float32(results):
+    for rank in range(WORLD):
+        for gate, result in results[rank][len(CASES)].items():
+            assert result["dtype"] == "torch.float32", (rank, gate)
+            assert 1e-4 < result["error"] < 3e-2, (rank, gate, result["error"])  # bfloat16's rounding, no more
+            assert result["finite_grads"], (rank, gate)
 
 
 def test_the_methods_measured_are_those_asked_for(results):
