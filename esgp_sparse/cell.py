@@ -514,6 +514,22 @@ def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype | None:
     return None if low == dtype else low
 
 
+def run_in_autocast_dtype(
+    low: torch.dtype | None,
+    dtype: torch.dtype,
+    run: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    x: Tensor,
+    h: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``run(x, h)``; under autocast (``low`` not None) every layer runs in ``low`` with autocast off
+    inside, and the results come back in the module's ``dtype`` (as nn.GRU's do on CPU)."""
+    if low is None:
+        return run(x, h)
+    with torch.autocast(x.device.type, enabled=False):
+        out, h_n = run(x.to(low), h.to(low))
+    return out.to(dtype), h_n.to(dtype)
+
+
 def _use_path_after_load(module: nn.Module, incompatible_keys: Any) -> None:
     # A module-level function rather than a lambda, so that a whole model still pickles.
     if isinstance(module, ESGPCell):

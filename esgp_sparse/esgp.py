@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks
-from .cell import ESGPCell, GateType, PathRequest, autocast_dtype
+from .cell import ESGPCell, GateType, PathRequest, autocast_dtype, run_in_autocast_dtype
 from .init import RADIUS_METHODS, RadiusMethod, check_connections, derive_seed
 from .ops import GATES, PATHS
 from .pattern import FixedBuffers
@@ -264,7 +264,7 @@ class ESGP(FixedBuffers):
         h_shape = (states, batch, self.hidden_size) if batched else (states, self.hidden_size)
         h_0 = self._initial_state(h_0, h_shape, x, like, low)
         h_0 = h_0 if batched else h_0.unsqueeze(1)
-        x, h_n = _in_dtype(low, like.dtype, lambda x, h: self._layers(x, h, cells), x, h_0)
+        x, h_n = run_in_autocast_dtype(low, like.dtype, lambda x, h: self._layers(x, h, cells), x, h_0)
         if not batched:
             return x.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
         return x, h_n
@@ -339,7 +339,9 @@ class ESGP(FixedBuffers):
         lengths = torch.empty_like(sorted_lengths)
         lengths[order] = sorted_lengths
         padded = data.new_zeros((steps * batch, data.size(-1))).index_put((flat,), data).view(steps, batch, -1)
-        out, h_n = _in_dtype(low, like.dtype, lambda x, h: self._layers_masked(x, lengths, h, cells), padded, h_0)
+        out, h_n = run_in_autocast_dtype(
+            low, like.dtype, lambda x, h: self._layers_masked(x, lengths, h, cells), padded, h_0
+        )
         result = out.reshape(steps * batch, -1).index_select(0, flat)
         return PackedSequence(result, batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
 
@@ -391,19 +393,3 @@ class ESGP(FixedBuffers):
             if value != default:
                 parts.append(f"{names.get(attr, attr)}={value!r}")
         return ", ".join(parts)
-
-
-def _in_dtype(
-    low: torch.dtype | None,
-    dtype: torch.dtype,
-    run: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-    x: Tensor,
-    h: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """``run(x, h)``; under autocast (``low`` not None) every layer runs in ``low`` with autocast off
-    inside, and the results come back in the module's ``dtype`` (as nn.GRU's do on CPU)."""
-    if low is None:
-        return run(x, h)
-    with torch.autocast(x.device.type, enabled=False):
-        out, h_n = run(x.to(low), h.to(low))
-    return out.to(dtype), h_n.to(dtype)

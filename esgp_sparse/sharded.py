@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import _checks
-from .cell import autocast_dtype
-from .esgp import _in_dtype
+from .cell import autocast_dtype, run_in_autocast_dtype
 from .init import RADIUS_METHODS, RadiusMethod, check_connections, derive_seed, drawn_rows, random_reservoir_rows
 from .ops import CSR, LayerSpec, csr_transpose, esgp_layer
 from .pattern import FixedBuffers
@@ -376,7 +375,7 @@ class ShardedESGP(FixedBuffers):
             return output, (output[:, -1] if self.batch_first else output[-1]).unsqueeze(0)
 
         # Under torch.autocast the layer runs in its dtype (bfloat16, say) and returns the module's.
-        return _in_dtype(autocast_dtype(input.device.type, self.Win.dtype), self.Win.dtype, run, input, h)
+        return run_in_autocast_dtype(autocast_dtype(input.device.type, self.Win.dtype), self.Win.dtype, run, input, h)
 
     def extra_repr(self) -> str:
         g = self._group
