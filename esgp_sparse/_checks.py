@@ -193,6 +193,25 @@ def check_initialisation(owner: str, input_scaling: object, gate_bias_init: obje
     return scaling, check_real(owner, "gate_bias_init", gate_bias_init, -math.inf, low_open=True)
 
 
+#: The low-rank gate's rank when ``gate_rank`` is not given.
+DEFAULT_GATE_RANK = 16
+
+
+def check_gate_rank(owner: str, gate: str, gate_rank: object, hidden_size: int) -> int | None:
+    """The low-rank gate's rank (None for the other gates): ``gate_rank`` in [1, hidden_size], or
+    :data:`DEFAULT_GATE_RANK` (at most ``hidden_size``) when None."""
+    if gate_rank is None:
+        return min(DEFAULT_GATE_RANK, hidden_size) if gate == "lowrank" else None
+    if gate != "lowrank":
+        raise ValueError(
+            f"{owner}: gate_rank applies to gate='lowrank' only, got gate_rank={gate_rank!r} with gate={gate!r}"
+        )
+    rank = check_int(owner, "gate_rank", gate_rank, 1)
+    if rank > hidden_size:
+        raise ValueError(f"{owner}: expected gate_rank <= hidden_size={hidden_size}, got gate_rank={rank}")
+    return rank
+
+
 def initialisation_repr(input_scaling: float, gate_bias_init: float | None) -> list[str]:
     """The ``extra_repr`` parts of the initialisation knobs that differ from their defaults."""
     parts = [] if input_scaling == 1.0 else [f"input_scaling={input_scaling:g}"]

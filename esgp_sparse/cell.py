@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from .gates import DiagonalGate, SparseGate
+from .gates import DiagonalGate, LowRankGate, SparseGate
 from .init import (
     RADIUS_METHODS,
     RadiusMethod,
@@ -35,10 +35,10 @@ from .ops import (
 )
 from .pattern import FixedBuffers, PatternModule
 
-GateType = Literal["dense", "diagonal", "sparse"]
+GateType = Literal["dense", "diagonal", "sparse", "lowrank"]
 
 _OWNER = "ESGPCell"
-_SCALABLE_GATES = "use gate='sparse' or gate='diagonal', which scale with nnz and H"
+_SCALABLE_GATES = "use gate='sparse', gate='diagonal' or gate='lowrank', which scale with nnz and H"
 
 
 class ESGPCell(FixedBuffers, PatternModule):
@@ -64,8 +64,11 @@ class ESGPCell(FixedBuffers, PatternModule):
             package's meaning: ``sparsity=0.1`` keeps 10 %). ``sparsity * hidden_size`` must be >= 1.
         spectral_radius: the spectral radius W is scaled to, >= 0.
         gate: ``"dense"`` (the published model: ``nn.Linear(H, H)``), ``"sparse"`` (learned values on a
-            fixed random pattern of density ``sparsity``) or ``"diagonal"`` (a learned weight and bias
-            per unit).
+            fixed random pattern of density ``sparsity``), ``"diagonal"`` (a learned weight and bias
+            per unit) or ``"lowrank"`` (``W_g = U V^T + diag(d)``, rank ``gate_rank``:
+            :class:`~esgp_sparse.gates.LowRankGate`).
+        gate_rank: the low-rank gate's rank r, in [1, H] (default 16, or H if smaller); only with
+            ``gate="lowrank"``.
         path: ``"dense"`` (W as an H x H matrix, GEMM), ``"sparse"`` (CSR product) or ``"auto"``
             (chosen from H, nnz and the device at the crossover measured by
             ``benchmarks/test_recurrent_product.py``; re-chosen after a device move). Applies to the
@@ -94,8 +97,8 @@ class ESGPCell(FixedBuffers, PatternModule):
 
     Attributes:
         Win: ``nn.Linear(I, H, bias=False)``, the learned input weight (H, I).
-        gate: ``nn.Linear(H, H)`` (dense), :class:`~esgp_sparse.gates.SparseGate` or
-            :class:`~esgp_sparse.gates.DiagonalGate`.
+        gate: ``nn.Linear(H, H)`` (dense), :class:`~esgp_sparse.gates.SparseGate`,
+            :class:`~esgp_sparse.gates.DiagonalGate` or :class:`~esgp_sparse.gates.LowRankGate`.
         crow_indices: (H + 1,) int32 (int64 when nnz >= 2^31) buffer of the reservoir's CSR rows.
         col_indices: (nnz,) same dtype, the reservoir's columns.
         values: (nnz,) floating buffer, the reservoir's values.
@@ -124,7 +127,7 @@ class ESGPCell(FixedBuffers, PatternModule):
 
     values: Tensor
     dense_weight: Tensor | None
-    gate: nn.Linear | DiagonalGate | SparseGate
+    gate: nn.Linear | DiagonalGate | SparseGate | LowRankGate
     path: Path
 
     def __init__(
@@ -135,6 +138,7 @@ class ESGPCell(FixedBuffers, PatternModule):
         spectral_radius: float = 0.9,
         *,
         gate: GateType = "dense",
+        gate_rank: int | None = None,
         path: PathRequest = "auto",
         seed: int | None = None,
         radius_method: RadiusMethod = "auto",
@@ -151,6 +155,7 @@ class ESGPCell(FixedBuffers, PatternModule):
         self.sparsity = _checks.check_real(_OWNER, "sparsity", sparsity, 0.0, 1.0, low_open=True)
         self.spectral_radius = _checks.check_real(_OWNER, "spectral_radius", spectral_radius, 0.0)
         self.gate_type = _checks.check_choice(_OWNER, "gate", gate, GATES)
+        self.gate_rank = _checks.check_gate_rank(_OWNER, gate, gate_rank, self.hidden_size)
         self.path_request = _checks.check_choice(_OWNER, "path", path, PATHS)
         self.radius_method = _checks.check_choice(_OWNER, "radius_method", radius_method, RADIUS_METHODS)
         dtype = _checks.check_dtype(_OWNER, dtype)
@@ -189,6 +194,8 @@ class ESGPCell(FixedBuffers, PatternModule):
             self.gate = nn.Linear(self.hidden_size, self.hidden_size, **factory)
         elif gate == "diagonal":
             self.gate = DiagonalGate(self.hidden_size, **factory)
+        elif gate == "lowrank":
+            self.gate = LowRankGate(self.hidden_size, cast(int, self.gate_rank), **factory)
         else:
             undrawn = _undrawn(self.hidden_size)
             crow, col = self._draw_gate_pattern() if self.drawn else (undrawn.crow_indices, undrawn.col_indices)
@@ -403,7 +410,9 @@ class ESGPCell(FixedBuffers, PatternModule):
                 gate.crow_indices, gate.col_indices, gate.weight_values, self.hidden_size, gate.row_indices
             )
             return recurrent, weight, gate.bias, LayerSpec(recurrent_csr, "dense", None, compiled)
-        kind: GateKind = "dense" if isinstance(gate, nn.Linear) else "diagonal"
+        kind: GateKind = (
+            "dense" if isinstance(gate, nn.Linear) else "lowrank" if isinstance(gate, LowRankGate) else "diagonal"
+        )
         return recurrent, gate.weight, gate.bias, LayerSpec(recurrent_csr, kind, None, compiled)
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
@@ -488,6 +497,8 @@ class ESGPCell(FixedBuffers, PatternModule):
             parts.append(f"spectral_radius={self.spectral_radius:g}")
         if self.gate_type != "dense":
             parts.append(f"gate={self.gate_type!r}")
+        if self.gate_rank is not None:
+            parts.append(f"gate_rank={self.gate_rank}")
         if self.path_request != "auto":
             parts.append(f"path={self.path_request!r}")
         parts += _checks.initialisation_repr(self.input_scaling, self.gate_bias_init)

@@ -43,7 +43,9 @@ class ESGP(FixedBuffers):
         spectral_radius: the spectral radius of each reservoir as actually used.
         batch_first: input and output are (B, T, F) if True (the default, as in the original), else
             (T, B, F). ``h_0`` and ``h_n`` are (D * num_layers, B, H) either way.
-        gate: ``"dense"`` (published model), ``"sparse"`` or ``"diagonal"``; see :class:`ESGPCell`.
+        gate: ``"dense"`` (published model), ``"sparse"``, ``"diagonal"`` or ``"lowrank"``; see
+            :class:`ESGPCell`.
+        gate_rank: the low-rank gate's rank; see :class:`ESGPCell`.
         path: ``"auto"``, ``"dense"`` or ``"sparse"``; see :class:`ESGPCell`.
         bidirectional: a second stack of cells (each with its own reservoir and gate) reads the
             sequence backwards, as in ``nn.GRU``; layers above the first read both directions (2H).
@@ -99,6 +101,7 @@ class ESGP(FixedBuffers):
         batch_first: bool = True,
         *,
         gate: GateType = "dense",
+        gate_rank: int | None = None,
         path: PathRequest = "auto",
         dropout: float = 0.0,
         bidirectional: bool = False,
@@ -121,6 +124,7 @@ class ESGP(FixedBuffers):
             spectral_radius,
             batch_first,
             gate,
+            gate_rank,
             path,
             dropout,
             compile,
@@ -141,6 +145,7 @@ class ESGP(FixedBuffers):
                 self.sparsity,
                 self.spectral_radius,
                 gate=gate,
+                gate_rank=self.gate_rank,
                 path=path,
                 seed=derive_seed(self.seed, layer) if direction == 0 else derive_seed(self.seed, layer, 1),
                 radius_method=radius_method,
@@ -162,6 +167,7 @@ class ESGP(FixedBuffers):
         spectral_radius: float,
         batch_first: bool,
         gate: str,
+        gate_rank: int | None,
         path: str,
         dropout: float,
         compile: bool,
@@ -174,6 +180,7 @@ class ESGP(FixedBuffers):
         self.spectral_radius = _checks.check_real(_OWNER, "spectral_radius", spectral_radius, 0.0)
         self.batch_first = _checks.check_bool(_OWNER, "batch_first", batch_first)
         self.gate_type = _checks.check_choice(_OWNER, "gate", gate, GATES)
+        self.gate_rank = _checks.check_gate_rank(_OWNER, gate, gate_rank, self.hidden_size)
         self.path_request = _checks.check_choice(_OWNER, "path", path, PATHS)
         self.dropout = _checks.check_real(_OWNER, "dropout", dropout, 0.0, 1.0)
         self.compile_steps = _checks.check_bool(_OWNER, "compile", compile)
@@ -212,6 +219,7 @@ class ESGP(FixedBuffers):
             module.spectral_radius,
             module.batch_first,
             kwargs.get("gate", "dense"),
+            kwargs.get("gate_rank"),
             kwargs.get("path", "auto"),
             dropout,
             compile,
@@ -379,6 +387,7 @@ class ESGP(FixedBuffers):
             spectral_radius=0.9,
             batch_first=True,
             gate_type="dense",
+            gate_rank=None,
             path_request="auto",
             dropout=0.0,
             compile_steps=False,

@@ -1,8 +1,9 @@
-"""The gates that scale: a learned per-unit (diagonal) gate and a learned sparse gate.
+"""The gates that scale: a learned per-unit (diagonal) gate, a learned sparse gate and a learned
+low-rank plus diagonal gate.
 
 The published model's gate is ``nn.Linear(hidden_size, hidden_size)`` (``gate="dense"``); it needs
-H^2 weights, 4 TB at a million units. These two keep ``g = sigmoid(W_g h~ + b_g)`` with a ``W_g``
-that grows with H (diagonal) or with nnz (sparse).
+H^2 weights, 4 TB at a million units. These three keep ``g = sigmoid(W_g h~ + b_g)`` with a ``W_g``
+that grows with H (diagonal, low-rank) or with nnz (sparse).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .ops import lowrank_matrix
 from .pattern import PatternModule
 
 
@@ -93,3 +95,49 @@ class SparseGate(PatternModule):
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, nnz={self.nnz}"
+
+
+class LowRankGate(nn.Module):
+    """``g = sigmoid(U V^T h~ + d * h~ + bias)``: a rank-``r`` matrix plus a diagonal, learned
+    (H (2r + 2) parameters). Unlike the diagonal gate, every unit's gate reads every unit's candidate
+    (through r shared directions), as the published dense gate does.
+
+    The factors live in one parameter, so that the sequence layer takes the gate as one tensor:
+    ``weight[:, :r]`` is U, ``weight[:, r:2r]`` is V and ``weight[:, 2r]`` is d, and
+    ``W_g = U V^T + diag(d)`` (:meth:`matrix`).
+
+    Attributes:
+        weight: (H, 2r + 1) learned. V is drawn U(-1/sqrt(H), 1/sqrt(H)) (nn.Linear(H, r)'s
+            bound), U U(-1/sqrt(r), 1/sqrt(r)) (nn.Linear(r, H)'s) and d U(-1, 1) (the diagonal
+            gate's).
+        bias: (H,) learned, U(-1/sqrt(H), 1/sqrt(H)) (nn.Linear(H, H)'s).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        rank: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.hidden_size, self.rank = hidden_size, rank
+        self.weight = nn.Parameter(torch.empty(hidden_size, 2 * rank + 1, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        r, h = self.rank, self.hidden_size
+        with torch.no_grad():
+            nn.init.uniform_(self.weight[:, :r], -1.0 / math.sqrt(r), 1.0 / math.sqrt(r))
+            nn.init.uniform_(self.weight[:, r : 2 * r], -1.0 / math.sqrt(h), 1.0 / math.sqrt(h))
+            nn.init.uniform_(self.weight[:, 2 * r], -1.0, 1.0)
+        nn.init.uniform_(self.bias, -1.0 / math.sqrt(h), 1.0 / math.sqrt(h))
+
+    def matrix(self) -> Tensor:
+        """``W_g = U V^T + diag(d)`` as a dense (H, H) tensor (differentiable; for small H)."""
+        return lowrank_matrix(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, rank={self.rank}"

@@ -12,8 +12,9 @@ tasks scored once per sequence), the same optimiser (Adam, lr 1e-3, gradient nor
 the same epochs; each prints its parameter count beside its score, and a markdown table closes the
 run.
 
-Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``esgp-sparse``
-and ``esgp-diagonal`` (the same with the gates that scale), ``gru`` and
+Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``esgp-sparse``,
+``esgp-diagonal`` and ``esgp-lowrank`` (the same with the gates that scale; ``--gate-rank`` sets
+the low-rank gate's rank), ``gru`` and
 ``lstm`` (``torch.nn``), and ``esn``, the classic echo state network built from the same layer: the
 gate fixed open (so h_t = tanh(W_in x_t + W h_{t-1})), the random input weights frozen, only the
 linear readout trained.
@@ -154,8 +155,13 @@ TASKS = {
         _mnist,
     ),
 }
-MODELS = ("esgp", "esgp-sparse", "esgp-diagonal", "gru", "lstm", "esn")
-GATE: dict[str, GateType] = {"esgp": "dense", "esgp-sparse": "sparse", "esgp-diagonal": "diagonal"}
+MODELS = ("esgp", "esgp-sparse", "esgp-diagonal", "esgp-lowrank", "gru", "lstm", "esn")
+GATE: dict[str, GateType] = {
+    "esgp": "dense",
+    "esgp-sparse": "sparse",
+    "esgp-diagonal": "diagonal",
+    "esgp-lowrank": "lowrank",
+}
 
 
 READOUTS = ("last", "mean")
@@ -198,18 +204,20 @@ def build_model(
     input_scaling: float = 1.0,
     gate_bias_init: float | None = None,
     readout: str = "last",
+    gate_rank: int | None = None,
 ) -> SequenceModel:
     """``name`` with ``hidden`` units; the reservoirs keep 10 % of their connections (the original's
     sparsity), or ``per_unit`` connections per unit when given (what large reservoirs need).
     ``input_scaling`` and ``gate_bias_init`` (see :class:`~esgp_sparse.ESGPCell`) apply to the ESGP
     models; the ESN takes ``input_scaling`` (its gate is fixed open). ``readout``: see
-    :class:`SequenceModel`."""
+    :class:`SequenceModel`. ``gate_rank``: the low-rank gate's (``esgp-lowrank``; None: the default)."""
     torch.manual_seed(seed)
     i = task.input_size
     sparsity = 0.1 if per_unit is None else min(1.0, per_unit / hidden)
     knobs: dict[str, Any] = dict(sparsity=sparsity, spectral_radius=0.9, seed=seed, input_scaling=input_scaling)
     if name in GATE:
-        core = ESGP(i, hidden, gate=GATE[name], gate_bias_init=gate_bias_init, **knobs)
+        rank = gate_rank if GATE[name] == "lowrank" else None
+        core = ESGP(i, hidden, gate=GATE[name], gate_rank=rank, gate_bias_init=gate_bias_init, **knobs)
     elif name == "esn":
         core = ESGP(i, hidden, gate="diagonal", **knobs)
         gate = cast(DiagonalGate, core.cells[0].gate)
@@ -326,6 +334,7 @@ def _knobs(results: dict) -> str:
         ("" if scaling == 1.0 else f"input scaling {scaling:g} (ESGP, ESN), ")
         + ("" if bias is None else f"gate bias {bias:g} at first (ESGP), ")
         + ("" if results.get("readout", "last") == "last" else "the head on the mean state over time, ")
+        + ("" if results.get("gate_rank") is None else f"low-rank gate of rank {results['gate_rank']}, ")
     )
 
 
@@ -471,6 +480,7 @@ def run(
     input_scaling: float = 1.0,
     gate_bias_init: float | None = None,
     readout: str = "last",
+    gate_rank: int | None = None,
 ) -> dict:
     """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
@@ -488,6 +498,7 @@ def run(
         + ("" if input_scaling == 1.0 else f", input scaling {input_scaling:g}")
         + ("" if gate_bias_init is None else f", gate bias {gate_bias_init:g} at first")
         + ("" if readout == "last" else ", the head on the mean state over time")
+        + ("" if gate_rank is None else f", low-rank gate of rank {gate_rank}")
     )
     if task.name == "smnist" and (quick or data_dir is None):
         print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
@@ -499,6 +510,7 @@ def run(
         input_scaling=input_scaling,
         gate_bias_init=gate_bias_init,
         readout=readout,
+        gate_rank=gate_rank,
         quick=quick,
         seed=seed,
         metric=task.metric,
@@ -513,7 +525,7 @@ def run(
     for size in sizes:
         for name in models:
             label = name if len(sizes) == 1 else f"{name} H={size}"
-            model = build_model(name, task, size, seed, per_unit, input_scaling, gate_bias_init, readout)
+            model = build_model(name, task, size, seed, per_unit, input_scaling, gate_bias_init, readout, gate_rank)
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"{label}: {parameters:,} trained parameters")
             row = train(model, task, data, epochs, seed, label)
@@ -543,6 +555,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument(
         "--gate-bias-init", type=float, help="every unit's initial gate bias (ESGP models; default nn.Linear's)"
+    )
+    parser.add_argument(
+        "--gate-rank", type=int, help="the low-rank gate's rank (esgp-lowrank; default 16, or H if smaller)"
     )
     parser.add_argument(
         "--readout",
@@ -603,13 +618,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--input-scaling: expected a positive number, got {args.input_scaling}")
     if args.gate_bias_init is not None and not math.isfinite(args.gate_bias_init):
         parser.error(f"--gate-bias-init: expected a finite number, got {args.gate_bias_init}")
+    if args.gate_rank is not None and not 1 <= args.gate_rank <= min(sizes):
+        parser.error(
+            f"--gate-rank: expected an integer from 1 to the smallest --hidden ({min(sizes)}), got {args.gate_rank}"
+        )
+    if args.gate_rank is not None and "esgp-lowrank" not in models:
+        parser.error("--gate-rank: applies to the esgp-lowrank model, which --models does not name")
     if args.readout != "last":
         stepwise = [t for t in args.tasks if not scores_one_output(TASKS[t])]
         if stepwise:
             parser.error(
                 f"--readout {args.readout}: reads one output per sequence; scored at every step: {', '.join(stepwise)}"
             )
-    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init, args.readout)
+    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init, args.readout, args.gate_rank)
     results = [
         run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, *knobs)
         for t in args.tasks

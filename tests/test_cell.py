@@ -9,10 +9,10 @@ import torch
 from _testing import TOL, cuda
 
 from esgp_sparse import ESGP, ESGPCell
-from esgp_sparse.gates import DiagonalGate, SparseGate
+from esgp_sparse.gates import DiagonalGate, LowRankGate, SparseGate
 from esgp_sparse.ops import csr_to_dense, naive_cell
 
-GATES = ["dense", "diagonal", "sparse"]
+GATES = ["dense", "diagonal", "sparse", "lowrank"]
 PATHS = ["dense", "sparse"]
 
 
@@ -22,6 +22,8 @@ def gate_matrix(cell: ESGPCell) -> torch.Tensor:
         return csr_to_dense(gate.crow_indices, gate.col_indices, gate.weight_values, cell.hidden_size)
     if isinstance(gate, DiagonalGate):
         return torch.diag(gate.weight)
+    if isinstance(gate, LowRankGate):
+        return gate.matrix()
     return gate.weight
 
 
@@ -37,6 +39,7 @@ def test_dense_gate_parameters_are_exactly_the_originals():
     [
         ("diagonal", lambda c: {"Win.weight": (33, 7), "gate.weight": (33,), "gate.bias": (33,)}),
         ("sparse", lambda c: {"Win.weight": (33, 7), "gate.weight_values": (c.gate.nnz,), "gate.bias": (33,)}),
+        ("lowrank", lambda c: {"Win.weight": (33, 7), "gate.weight": (33, 33), "gate.bias": (33,)}),  # rank 16
     ],
 )
 def test_scalable_gate_parameters(gate, shapes):
@@ -208,7 +211,19 @@ BAD_ARGS = [
         ValueError,
         r"expected spectral_radius in \[0, inf\), got spectral_radius=inf",
     ),
-    (dict(gate="lstm"), ValueError, r"expected gate to be one of \('dense', 'diagonal', 'sparse'\), got gate='lstm'"),
+    (
+        dict(gate="lstm"),
+        ValueError,
+        r"expected gate to be one of \('dense', 'diagonal', 'sparse', 'lowrank'\), got gate='lstm'",
+    ),
+    (
+        dict(gate="diagonal", gate_rank=4),
+        ValueError,
+        r"gate_rank applies to gate='lowrank' only, got gate_rank=4 with gate='diagonal'",
+    ),
+    (dict(gate="lowrank", gate_rank=0), ValueError, r"expected gate_rank >= 1, got gate_rank=0"),
+    (dict(gate="lowrank", gate_rank=41), ValueError, r"expected gate_rank <= hidden_size=40, got gate_rank=41"),
+    (dict(gate="lowrank", gate_rank=2.0), TypeError, r"expected gate_rank to be an int, got 2.0 \(float\)"),
     (dict(gate=None), TypeError, r"expected gate to be one of .*got None \(NoneType\)"),
     (dict(path="gpu"), ValueError, r"expected path to be one of \('auto', 'dense', 'sparse'\), got path='gpu'"),
     (dict(seed=-1), ValueError, r"expected seed to be a non-negative int or None, got seed=-1"),
@@ -243,7 +258,7 @@ def test_bad_arguments(kwargs, error, match):
 def test_dense_gate_too_large_names_the_scalable_gates():
     with pytest.raises(
         ValueError,
-        match=r"ESGPCell: a dense 1000000 x 1000000 gate needs 3,725.3 GiB.*gate='sparse' or gate='diagonal'",
+        match=r"a dense 1000000 x 1000000 gate needs 3,725.3 GiB.*gate='sparse', gate='diagonal' or gate='lowrank'",
     ):
         ESGPCell(4, 1_000_000, sparsity=1e-5)
     with pytest.raises(ValueError, match=r"reservoir \(path='dense'\) needs .*use path='sparse'"):
@@ -310,7 +325,7 @@ def test_a_0_1_0_state_dict_still_loads():
     assert "cells.0.gate.weight_values" in model.state_dict()
 
 
-@pytest.mark.parametrize("gate", ["dense", "diagonal", "sparse"])
+@pytest.mark.parametrize("gate", GATES)
 def test_parametrizations_work_on_every_gate(gate):
     torch.manual_seed(0)
     cell = ESGPCell(3, 40, sparsity=0.2, gate=gate, seed=0)

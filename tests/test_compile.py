@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 import esgp_sparse.ops.chunked as chunked
 from esgp_sparse import ESGP, ESGPCell
 
-GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("dense", "sparse")]
+GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse", "lowrank") for p in ("dense", "sparse")]
 IDS = [f"gate-{g}-path-{p}" for g, p in GATES_PATHS]
 
 

@@ -9,7 +9,7 @@ import torch
 import esgp_sparse.cell
 from esgp_sparse import ESGP, ESGPCell
 
-GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("auto", "dense", "sparse")]
+GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse", "lowrank") for p in ("auto", "dense", "sparse")]
 
 
 def test_nothing_is_drawn_or_measured_on_the_meta_device(monkeypatch):

@@ -9,7 +9,7 @@ from torch import nn
 
 from esgp_sparse import ESGP, ESGPCell
 
-GATES = ["dense", "diagonal", "sparse"]
+GATES = ["dense", "diagonal", "sparse", "lowrank"]
 
 
 def loop_reference(model: ESGP, x: torch.Tensor, h_0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +29,15 @@ def loop_reference(model: ESGP, x: torch.Tensor, h_0: torch.Tensor) -> tuple[tor
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize(
     "gate, path",
-    [("dense", "dense"), ("dense", "sparse"), ("diagonal", "sparse"), ("sparse", "dense"), ("sparse", "sparse")],
+    [
+        ("dense", "dense"),
+        ("dense", "sparse"),
+        ("diagonal", "sparse"),
+        ("sparse", "dense"),
+        ("sparse", "sparse"),
+        ("lowrank", "dense"),
+        ("lowrank", "sparse"),
+    ],
 )
 def test_stack_equals_the_loop_of_cells_outputs_and_gradients(gate, path, batch_first):
     model = ESGP(

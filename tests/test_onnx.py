@@ -8,14 +8,14 @@ import torch
 from _testing import TOL, pattern
 
 from esgp_sparse import ESGP
-from esgp_sparse.ops import LayerSpec, naive_layer
+from esgp_sparse.ops import LayerSpec, lowrank_matrix, naive_layer
 from esgp_sparse.ops.scan import gather_matmul, scan_layer
 from esgp_sparse.ops.sparse import csr_to_dense
 
 H, I = 12, 3
 
 
-@pytest.mark.parametrize("gate, sparse", [("dense", False), ("diagonal", True), ("sparse", True)])
+@pytest.mark.parametrize("gate, sparse", [("dense", False), ("diagonal", True), ("sparse", True), ("lowrank", True)])
 def test_scan_layer_equals_the_naive_layer(gate, sparse):
     torch.manual_seed(0)
     dtype = torch.float64
@@ -23,14 +23,17 @@ def test_scan_layer_equals_the_naive_layer(gate, sparse):
     values = torch.randn(recurrent_csr.col.numel(), dtype=dtype) * 0.4
     dense = csr_to_dense(recurrent_csr.crow, recurrent_csr.col, values, H)
     gate_values = torch.randn(gate_csr.col.numel(), dtype=dtype)
-    gate_weight = {"dense": torch.randn(H, H, dtype=dtype) * 0.3, "diagonal": torch.randn(H, dtype=dtype)}.get(
-        gate, gate_values
-    )
+    gate_weight = {
+        "dense": torch.randn(H, H, dtype=dtype) * 0.3,
+        "diagonal": torch.randn(H, dtype=dtype),
+        "lowrank": torch.randn(H, 7, dtype=dtype) * 0.5,  # rank 3
+    }.get(gate, gate_values)
     gate_dense = {
-        "dense": gate_weight,
-        "diagonal": torch.diag(gate_weight),
-        "sparse": csr_to_dense(gate_csr.crow, gate_csr.col, gate_values, H),
-    }[gate]
+        "dense": lambda: gate_weight,
+        "diagonal": lambda: torch.diag(gate_weight),
+        "sparse": lambda: csr_to_dense(gate_csr.crow, gate_csr.col, gate_values, H),
+        "lowrank": lambda: lowrank_matrix(gate_weight),
+    }[gate]()
     spec = LayerSpec(recurrent_csr if sparse else None, gate, gate_csr if gate == "sparse" else None)
     x, h0 = torch.randn(7, 2, I, dtype=dtype), torch.randn(2, H, dtype=dtype)
     input_weight, bias = torch.randn(H, I, dtype=dtype), torch.randn(H, dtype=dtype)
@@ -55,8 +58,18 @@ ONNX_EXTRA = "ONNX export needs the onnx extra: pip install -e '.[onnx]'"
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(num_layers=2), dict(gate="diagonal", path="sparse"), dict(gate="sparse", path="sparse", bidirectional=True)],
-    ids=["dense-path-2-layers", "sparse-path-diagonal-gate", "sparse-path-sparse-gate-bidirectional"],
+    [
+        dict(num_layers=2),
+        dict(gate="diagonal", path="sparse"),
+        dict(gate="sparse", path="sparse", bidirectional=True),
+        dict(gate="lowrank", gate_rank=4, path="sparse"),
+    ],
+    ids=[
+        "dense-path-2-layers",
+        "sparse-path-diagonal-gate",
+        "sparse-path-sparse-gate-bidirectional",
+        "sparse-path-lowrank-gate",
+    ],
 )
 def test_onnx_file_runs_at_other_lengths(kwargs, tmp_path):
     """``torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=...)`` with nothing turned off

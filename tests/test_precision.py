@@ -19,7 +19,7 @@ import torch
 
 from esgp_sparse import ESGP, ESGPCell
 
-GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("dense", "sparse")]
+GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse", "lowrank") for p in ("dense", "sparse")]
 IDS = [f"gate-{g}-path-{p}" for g, p in GATES_PATHS]
 # Largest errors measured over the 6 gate x path pairs (torch 2.13 CPU, this file's shapes): outputs
 # 6.5e-3 (bf16) and 8.5e-4 (fp16); gradients 1.35e-2 and 1.56e-3.

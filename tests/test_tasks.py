@@ -130,7 +130,7 @@ def test_bad_model_and_task_names(capsys):
     with pytest.raises(SystemExit):
         tasks.main(["adding", "--quick", "--models", "esgp,transformer"])
     assert (
-        "--models: expected names from esgp,esgp-sparse,esgp-diagonal,gru,lstm,esn, got 'esgp,transformer'"
+        "--models: expected names from esgp,esgp-sparse,esgp-diagonal,esgp-lowrank,gru,lstm,esn, got 'esgp,transformer'"
         in capsys.readouterr().err
     )
     with pytest.raises(SystemExit):
@@ -201,6 +201,32 @@ def test_initialisation_knobs_reach_the_models_and_the_results(monkeypatch, caps
     ):
         with pytest.raises(SystemExit):
             tasks.main(["adding", "--quick", flag, value])
+        assert message in capsys.readouterr().err
+
+
+def test_gate_rank_reaches_the_low_rank_models_alone(monkeypatch, capsys):
+    built = {}
+    build = tasks.build_model
+
+    def record_build(*args):
+        built[args[0]] = model = build(*args)
+        return model
+
+    monkeypatch.setattr(tasks, "build_model", record_build)
+    monkeypatch.setattr(tasks, "train", lambda model, *args: dict(curve=[0.5], train_loss=[1.0], seconds=1.0))
+    (result,) = tasks.main(["adding", "--quick", "--models", "esgp-lowrank,esgp-diagonal", "--gate-rank", "3"])
+    assert result["gate_rank"] == 3 and result["models"]["esgp-lowrank"]["parameters"] == (
+        2 * 32 + 32 * (2 * 3 + 1) + 32 + 32 + 1  # W_in, the packed gate weight, its bias, the head
+    )
+    assert built["esgp-lowrank"].core.cells[0].gate.rank == 3
+    assert built["esgp-diagonal"].core.cells[0].gate_rank is None
+    assert "low-rank gate of rank 3" in capsys.readouterr().out
+    for argv, message in (
+        (["--models", "esgp-lowrank", "--gate-rank", "33"], "--gate-rank: expected an integer from 1 to the smallest"),
+        (["--models", "esgp-diagonal", "--gate-rank", "2"], "--gate-rank: applies to the esgp-lowrank model"),
+    ):
+        with pytest.raises(SystemExit):
+            tasks.main(["adding", "--quick", *argv])
         assert message in capsys.readouterr().err
 
 

@@ -2,9 +2,9 @@
 their plain references. Only torch is imported here."""
 
 from .cell import esgp_cell
-from .naive import naive_cell, naive_layer, naive_linear
+from .naive import lowrank_matrix, naive_cell, naive_layer, naive_linear
 from .path import PATHS, Path, PathRequest, choose_path
-from .sequence import GATES, GateKind, LayerSpec, esgp_layer
+from .sequence import GATES, GateKind, LayerSpec, esgp_layer, split_lowrank
 from .sparse import (
     CSR,
     csr_matmul,
@@ -34,9 +34,11 @@ __all__ = [
     "csr_transpose",
     "esgp_cell",
     "esgp_layer",
+    "lowrank_matrix",
     "make_csr",
     "naive_cell",
     "naive_layer",
     "naive_linear",
     "sparse_linear",
+    "split_lowrank",
 ]

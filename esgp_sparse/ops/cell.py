@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sequence import LayerSpec
+from .sequence import LayerSpec, split_lowrank
 from .sparse import sparse_linear
 
 
@@ -27,7 +27,7 @@ def esgp_cell(
     Shape:
         x: (B, I); h: (B, H); input_weight: (H, I)
         recurrent: (H, H) dense, or (nnz,) values on ``spec.recurrent_csr``
-        gate_weight: (H, H), (H,) or (nnz_gate,) as ``spec.gate`` says; gate_bias: (H,)
+        gate_weight: (H, H), (H,), (nnz_gate,) or (H, 2r + 1) as ``spec.gate`` says; gate_bias: (H,)
         returns: (B, H)
     """
     if spec.exchange is not None:
@@ -39,6 +39,9 @@ def esgp_cell(
         z = F.linear(candidate, gate_weight, gate_bias)
     elif spec.gate == "diagonal":
         z = torch.addcmul(gate_bias, gate_weight, candidate)
+    elif spec.gate == "lowrank":
+        u, v, d = split_lowrank(gate_weight)
+        z = torch.addcmul(F.linear(candidate @ v, u, gate_bias), d, candidate)
     elif spec.gate_csr is not None:
         z = sparse_linear(candidate, gate_weight, *spec.gate_csr) + gate_bias
     else:

@@ -43,6 +43,20 @@ def _product(x: Tensor, weight: Tensor, pattern: list[Tensor], rows: bool) -> Te
     return x @ weight if rows else weight @ x
 
 
+def _gate_product(
+    x: Tensor, weight: Tensor, pattern: list[Tensor], factors: list[Tensor], gate: str, rows: bool
+) -> Tensor:
+    """The gate's matrix times ``x`` as :func:`_product`: ``weight`` is the diagonal for the
+    diagonal and low-rank gates, ``factors`` the low-rank gate's (see
+    :class:`esgp_sparse.ops.sequence.Operands`)."""
+    if gate == "diagonal":
+        return x * weight
+    if gate == "lowrank":
+        low = (x @ factors[0]) @ factors[1] if rows else factors[1] @ (factors[0] @ x)
+        return low + x * weight
+    return _product(x, weight, pattern, rows)
+
+
 def forward_chunk(
     h: Tensor,
     inputs: Tensor,
@@ -50,8 +64,9 @@ def forward_chunk(
     recurrent_pattern: list[Tensor],
     gate_weight: Tensor,
     gate_pattern: list[Tensor],
+    gate_factors: list[Tensor],
     gate_bias: Tensor,
-    diagonal: bool,
+    gate: str,
     rows: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``STEPS`` steps from the state ``h`` (one step block) with inputs ``W_in x_t`` (STEPS, *block):
@@ -60,12 +75,12 @@ def forward_chunk(
     states, candidates, gates = [], [], []
     for u in inputs.unbind(0):
         candidate = torch.tanh(u + _product(h, recurrent, recurrent_pattern, rows))
-        z = candidate * gate_weight if diagonal else _product(candidate, gate_weight, gate_pattern, rows)
-        gate = torch.sigmoid(z + gate_bias)
-        h = torch.lerp(h, candidate, gate)
+        z = _gate_product(candidate, gate_weight, gate_pattern, gate_factors, gate, rows)
+        opening = torch.sigmoid(z + gate_bias)
+        h = torch.lerp(h, candidate, opening)
         states.append(h)
         candidates.append(candidate)
-        gates.append(gate)
+        gates.append(opening)
     return torch.stack(states), torch.stack(candidates), torch.stack(gates)
 
 
@@ -79,7 +94,8 @@ def backward_chunk(
     recurrent_pattern: list[Tensor],
     gate_weight: Tensor,
     gate_pattern: list[Tensor],
-    diagonal: bool,
+    gate_factors: list[Tensor],
+    gate: str,
     rows: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Reverse of :func:`forward_chunk`: from dL/dh after the chunk (``carry``), the loss's own
@@ -95,13 +111,12 @@ def backward_chunk(
     grad_z: list[Tensor] = []
     grad_a: list[Tensor] = []
     for t in range(steps - 1, -1, -1):
-        candidate, gate = candidates[t], gates[t]
+        candidate, opening = candidates[t], gates[t]
         grad = carry + grads[t]
-        dz = grad * (candidate - previous[t]) * (gate - gate * gate)
-        dc = grad * gate
-        dc = dc + (gate_weight * dz if diagonal else _product(dz, gate_weight, gate_pattern, rows))
+        dz = grad * (candidate - previous[t]) * (opening - opening * opening)
+        dc = grad * opening + _gate_product(dz, gate_weight, gate_pattern, gate_factors, gate, rows)
         da = dc * (1 - candidate * candidate)
-        carry = grad * (1 - gate) + _product(da, recurrent, recurrent_pattern, rows)
+        carry = grad * (1 - opening) + _product(da, recurrent, recurrent_pattern, rows)
         grad_z.append(dz)
         grad_a.append(da)
     return carry, torch.stack(grad_z[::-1]), torch.stack(grad_a[::-1])

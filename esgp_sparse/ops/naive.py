@@ -14,6 +14,14 @@ def naive_linear(x: Tensor, weight: Tensor) -> Tensor:
     return x @ weight.T
 
 
+def lowrank_matrix(weight: Tensor) -> Tensor:
+    """The dense gate matrix ``U V^T + diag(d)`` of a low-rank gate's packed weight (H, 2r + 1):
+    ``U = weight[:, :r]``, ``V = weight[:, r:2r]``, ``d = weight[:, 2r]``
+    (:class:`esgp_sparse.gates.LowRankGate`)."""
+    r = (weight.shape[1] - 1) // 2
+    return weight[:, :r] @ weight[:, r : 2 * r].T + torch.diag(weight[:, 2 * r])
+
+
 def naive_cell(
     x: Tensor, h: Tensor, input_weight: Tensor, recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor
 ) -> Tensor:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .sequence import LayerSpec
+from .sequence import LayerSpec, split_lowrank
 from .sparse import CSR
 
 
@@ -76,6 +76,9 @@ def scan_layer(
     drive = _matmul(recurrent, spec.recurrent_csr)
     if spec.gate == "diagonal":
         gate: Callable[[Tensor], Tensor] = lambda c: c * gate_weight[:, None]  # noqa: E731
+    elif spec.gate == "lowrank":
+        u, v, d = (t.contiguous() for t in split_lowrank(gate_weight))
+        gate = lambda c: u @ (v.t() @ c) + c * d[:, None]  # noqa: E731
     else:
         gate = _matmul(gate_weight, spec.gate_csr)
 

@@ -32,8 +32,8 @@ from torch import Tensor
 from . import chunked
 from .sparse import CSR, csr_matmul, csr_sampled_matmul
 
-GateKind = Literal["dense", "diagonal", "sparse"]
-GATES: tuple[GateKind, ...] = ("dense", "diagonal", "sparse")
+GateKind = Literal["dense", "diagonal", "sparse", "lowrank"]
+GATES: tuple[GateKind, ...] = ("dense", "diagonal", "sparse", "lowrank")
 
 #: Bytes of one (K, B, H) work tensor: the input projection of K steps, the backward's factors.
 CHUNK_BYTES = 4 * 2**20
@@ -62,8 +62,9 @@ class LayerSpec(NamedTuple):
 
     Attributes:
         recurrent_csr: the reservoir's pattern; None when ``recurrent`` is a dense (H, H) matrix.
-        gate: ``"dense"`` (gate_weight (H, H)), ``"diagonal"`` (gate_weight (H,)) or ``"sparse"``
-            (gate_weight holds the values on ``gate_csr``).
+        gate: ``"dense"`` (gate_weight (H, H)), ``"diagonal"`` (gate_weight (H,)), ``"sparse"``
+            (gate_weight holds the values on ``gate_csr``) or ``"lowrank"`` (gate_weight (H, 2r + 1)
+            packs U, V and d of ``W_g = U V^T + diag(d)``: :func:`split_lowrank`).
         gate_csr: the sparse gate's pattern, else None.
         compiled: run the steps through Inductor, :data:`esgp_sparse.ops.chunked.STEPS` at a time
             (see :mod:`esgp_sparse.ops.chunked`).
@@ -90,12 +91,31 @@ class Operands(NamedTuple):
 
     ``recurrent`` and ``gate`` are the right operand of ``x @ M`` in the rows layout, the left one
     of ``M @ x`` in the cols layout, or the values of a CSR matrix; ``gate`` is a broadcastable
-    vector for the diagonal gate; ``bias`` is (H,) for rows and (H, 1) for cols.
+    vector for the diagonal gate and the low-rank gate's diagonal; ``bias`` is (H,) for rows and
+    (H, 1) for cols. ``factors``, for the low-rank gate only: ``(first, second)`` with the gate's
+    product ``(x @ first) @ second`` (rows) or ``second @ (first @ x)`` (cols).
     """
 
     recurrent: Tensor
     gate: Tensor
     bias: Tensor
+    factors: tuple[Tensor, ...] = ()
+
+
+def split_lowrank(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(U, V, d)`` of a low-rank gate's packed weight (H, 2r + 1): ``weight[:, :r]``,
+    ``weight[:, r:2r]`` and ``weight[:, 2r]``, views; the gate matrix is ``U V^T + diag(d)``."""
+    r = (weight.shape[1] - 1) // 2
+    return weight[:, :r], weight[:, r : 2 * r], weight[:, 2 * r]
+
+
+def _lowrank_factors(weight: Tensor, rows: bool, backward: bool) -> tuple[Tensor, Tensor]:
+    """:class:`Operands`' ``factors`` of ``W_g = U V^T`` (``W_g^T = V U^T`` backward), contiguous."""
+    u, v, _ = split_lowrank(weight)
+    if backward:
+        u, v = v, u
+    first, second = (v, u.t()) if rows else (v.t(), u)
+    return first.contiguous(), second.contiguous()
 
 
 def _operands(recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor, spec: LayerSpec, backward: bool) -> Operands:
@@ -111,11 +131,17 @@ def _operands(recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor, spec: L
             return weight
         return weight.t().contiguous() if backward else weight.t()
 
+    factors: tuple[Tensor, ...] = ()
     if spec.gate == "diagonal":
         gate = gate_weight if rows else gate_weight[:, None]
+    elif spec.gate == "lowrank":
+        diagonal = split_lowrank(gate_weight)[2].contiguous()
+        gate = diagonal if rows else diagonal[:, None]
+        factors = _lowrank_factors(gate_weight, rows, backward)
     else:
         gate = orient(gate_weight, spec.gate_csr)
-    return Operands(orient(recurrent, spec.recurrent_csr), gate, gate_bias if rows else gate_bias[:, None])
+    bias = gate_bias if rows else gate_bias[:, None]
+    return Operands(orient(recurrent, spec.recurrent_csr), gate, bias, factors)
 
 
 def _csr_product(x: Tensor, weight: Tensor, csr: CSR, exchange: Exchange | None, backward: bool) -> Tensor:
@@ -146,6 +172,13 @@ def forward_step(
     torch.tanh(_matmul_add_(u, h, ops.recurrent, spec.recurrent_csr, spec, False), out=candidate_out)
     if spec.gate == "diagonal":
         torch.addcmul(ops.bias, ops.gate, candidate_out, out=gate_out)
+    elif spec.gate == "lowrank":
+        first, second = ops.factors
+        if rows:
+            torch.addmm(ops.bias, candidate_out @ first, second, out=gate_out)
+        else:
+            torch.addmm(ops.bias, second, first @ candidate_out, out=gate_out)
+        gate_out.addcmul_(ops.gate, candidate_out)
     elif spec.gate_csr is not None:
         product = _csr_product(candidate_out, ops.gate, spec.gate_csr, spec.exchange, False)
         torch.add(product, ops.bias, out=gate_out)
@@ -182,6 +215,13 @@ def backward_step(
     grad_kept = grad.sub_(grad_candidate)  # dL/dh' (1 - g): the part that skips the cell
     if spec.gate == "diagonal":
         grad_candidate.addcmul_(ops.gate, grad_z_out)
+    elif spec.gate == "lowrank":
+        first, second = ops.factors
+        grad_candidate.addcmul_(ops.gate, grad_z_out)
+        if spec.rows:
+            grad_candidate.addmm_(grad_z_out @ first, second)
+        else:
+            grad_candidate.addmm_(second, first @ grad_z_out)
     else:
         _matmul_add_(grad_candidate, grad_z_out, ops.gate, spec.gate_csr, spec, True)
     # dL/da = dL/dh~ (1 - h~^2)
@@ -209,7 +249,7 @@ def _chunk_operands(ops: Operands, spec: LayerSpec, backward: bool) -> tuple[Any
     def pattern(csr: CSR | None) -> list[Tensor]:
         return [] if csr is None else ([csr.crow_t, csr.col_t] if backward else [csr.crow, csr.col])
 
-    return ops.recurrent, pattern(spec.recurrent_csr), ops.gate, pattern(spec.gate_csr)
+    return ops.recurrent, pattern(spec.recurrent_csr), ops.gate, pattern(spec.gate_csr), list(ops.factors)
 
 
 def _project(x_chunk: Tensor, input_weight: Tensor, rows: bool, out: Tensor | None = None) -> Tensor:
@@ -318,7 +358,7 @@ def _forward(
                 inputs,
                 *_chunk_operands(ops, spec, False),
                 ops.bias,
-                spec.gate == "diagonal",
+                spec.gate,
                 rows,
             )
             out_block[start:stop].copy_(states)
@@ -411,7 +451,7 @@ def _backward(
                 g_storage,
                 before,
                 *_chunk_operands(ops, spec, True),
-                spec.gate == "diagonal",
+                spec.gate,
                 rows,
             )
         else:
@@ -430,6 +470,8 @@ def _backward(
             grad_gate_weight += torch.tensordot(grad_z, c, dims=([0, batch_dim], [0, batch_dim]))
         elif spec.gate == "diagonal":
             grad_gate_weight += (grad_z * c).sum((0, batch_dim))
+        elif spec.gate == "lowrank":
+            _add_lowrank_grad(grad_gate_weight, gate_weight, grad_z, c, rows)
         elif spec.gate_csr is not None:
             rows_zb = grad_z.permute(1, 0, 2).reshape(hidden, -1)  # (H, K*B)
             if spec.exchange is None:
@@ -443,6 +485,21 @@ def _backward(
         grad_gate_bias += grad_z.sum((0, batch_dim))
     grad_h0 = carry if rows else carry.t()
     return grad_x, grad_h0, grad_input_weight, grad_gate_weight, grad_gate_bias
+
+
+def _add_lowrank_grad(grad_weight: Tensor, weight: Tensor, grad_z: Tensor, candidates: Tensor, rows: bool) -> None:
+    """Add a chunk's share to the packed low-rank gate weight's gradient: with z = U V^T c + d c,
+    dU = dz (V^T c)^T, dV = c (U^T dz)^T and dd = dz c, summed over the chunk's steps and batch
+    (``grad_z`` and ``candidates`` (K, *block))."""
+    u, v, _ = split_lowrank(weight)
+    grad_u, grad_v, grad_d = split_lowrank(grad_weight)
+    if rows:  # (K, B, H)
+        grad_u += torch.tensordot(grad_z, candidates @ v, dims=([0, 1], [0, 1]))
+        grad_v += torch.tensordot(candidates, grad_z @ u, dims=([0, 1], [0, 1]))
+    else:  # (K, H, B)
+        grad_u += torch.tensordot(grad_z, torch.matmul(v.t(), candidates), dims=([0, 2], [0, 2]))
+        grad_v += torch.tensordot(candidates, torch.matmul(u.t(), grad_z), dims=([0, 2], [0, 2]))
+    grad_d += (grad_z * candidates).sum((0, 1 if rows else 2))
 
 
 def _raise_on_double_backward(grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
@@ -784,12 +841,18 @@ def esgp_layer(
     Shape:
         x: (B, T, I) if batch_first else (T, B, I), any strides; h0: (B, H); input_weight: (H, I)
         recurrent: (H, H) dense, or (nnz,) values on ``spec.recurrent_csr``
-        gate_weight: (H, H) dense, (H,) diagonal or (nnz_gate,) sparse; gate_bias: (H,)
+        gate_weight: (H, H) dense, (H,) diagonal, (nnz_gate,) sparse or (H, 2r + 1) low-rank; gate_bias: (H,)
         returns the states, (B, T, H) if batch_first else (T, B, H), contiguous
     """
     if recurrent.requires_grad:
         raise ValueError("esgp_layer: expected a fixed reservoir, got recurrent.requires_grad=True")
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, input_weight, gate_weight, gate_bias))
+    if spec.exchange is not None and spec.gate not in ("diagonal", "sparse"):
+        # The dense and low-rank gates' products would read this process's candidates alone.
+        raise ValueError(
+            "esgp_layer: a layer split over processes (spec.exchange) takes gate 'diagonal' or 'sparse', "
+            f"got {spec.gate!r}"
+        )
     if spec.exchange is not None and (spec.compiled or torch.compiler.is_compiling()):
         raise RuntimeError(
             "esgp_layer: a layer split over processes (spec.exchange) runs eagerly, not in compiled chunks, "

@@ -13,11 +13,13 @@ from esgp_sparse.ops import (
     csr_transpose,
     esgp_cell,
     esgp_layer,
+    lowrank_matrix,
     naive_cell,
     naive_layer,
 )
 
 T, B, I, H = 11, 3, 4, 29
+RANK = 3  # the low-rank gate's
 
 
 def problem(gate: str, path: str, dtype=torch.float64, device="cpu"):
@@ -26,7 +28,8 @@ def problem(gate: str, path: str, dtype=torch.float64, device="cpu"):
     crow, col, values, dense = reservoir_tensors(H, 0.2, seed=1, dtype=dtype, device=device)
     gate_csr = pattern(H, 0.2, seed=2, device=device)
     make = lambda *shape: torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)  # noqa: E731
-    gate_weight = {"dense": make(H, H), "diagonal": make(H), "sparse": make(gate_csr.col.numel())}[gate]
+    shapes = {"dense": (H, H), "diagonal": (H,), "sparse": (gate_csr.col.numel(),), "lowrank": (H, 2 * RANK + 1)}
+    gate_weight = make(*shapes[gate])
     p = dict(x=make(T, B, I), h0=make(B, H), input_weight=make(H, I), gate_weight=gate_weight, gate_bias=make(H))
     if path == "sparse":
         recurrent, recurrent_csr = values, pattern(H, 0.2, seed=1, device=device)
@@ -37,11 +40,12 @@ def problem(gate: str, path: str, dtype=torch.float64, device="cpu"):
         "dense": lambda w: w,
         "diagonal": torch.diag,
         "sparse": lambda w: csr_to_dense(gate_csr.crow, gate_csr.col, w, H),
+        "lowrank": lowrank_matrix,
     }[gate](gate_weight)
     return p, recurrent, spec, dense, gate_dense
 
 
-GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse") for p in ("dense", "sparse")]
+GATES_PATHS = [(g, p) for g in ("dense", "diagonal", "sparse", "lowrank") for p in ("dense", "sparse")]
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
@@ -105,8 +109,9 @@ def test_layer_float32_matches_float64_reference():
     torch.testing.assert_close(out.double(), ref.detach(), **TOL[torch.float32])
 
 
-def test_layer_gradcheck():
-    p, recurrent, spec, *_ = problem("sparse", "sparse")
+@pytest.mark.parametrize("gate", ["sparse", "lowrank"])
+def test_layer_gradcheck(gate):
+    p, recurrent, spec, *_ = problem(gate, "sparse")
     small = {k: v.detach()[:4].clone().requires_grad_() if k == "x" else v for k, v in p.items()}
     assert torch.autograd.gradcheck(
         lambda x, h0, w, gw, gb: esgp_layer(x, h0, w, recurrent, gw, gb, spec), tuple(small.values())
@@ -172,6 +177,15 @@ def test_layer_with_an_exchange_reads_the_gathered_states(gate, checkpoint, monk
         esgp_layer(*args, exchanged)
     with pytest.raises(ValueError, match=r"esgp_cell: expected a layer of one process \(spec.exchange=None\)"):
         esgp_cell(p["x"][0], p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], exchanged)
+
+
+@pytest.mark.parametrize("gate", ["dense", "lowrank"])
+def test_layer_with_an_exchange_refuses_the_gates_that_read_every_unit(gate):
+    p, recurrent, spec, *_ = problem(gate, "sparse")
+    exchanged = spec._replace(exchange=PaddedExchange())
+    args = (p["x"], p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], exchanged)
+    with pytest.raises(ValueError, match=rf"takes gate 'diagonal' or 'sparse', got '{gate}'"):
+        esgp_layer(*args)
 
 
 def test_chunk_size_bounds():
