@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1_000_000)
     parser.add_argument("--per-unit", type=float, default=10.0, help="recurrent connections per unit (default 10)")
     parser.add_argument("--sparsity", type=float, help="fraction of connections present (overrides --per-unit)")
-    parser.add_argument("--gate", choices=("dense", "diagonal", "sparse"), default="diagonal")
+    parser.add_argument("--gate", choices=("dense", "diagonal", "sparse", "lowrank"), default="diagonal")
     parser.add_argument("--path", choices=("auto", "dense", "sparse"), default="auto")
     parser.add_argument("--checkpoint", action="store_true")
     parser.add_argument("--batch", type=int, default=8)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import ESGP
 from ._memory import peak_rss_mib
 from .datasets import adding_problem
+from .ops import GATES
 
 
 class Regressor(nn.Module):
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--steps", type=_number(int, 1), help="train for exactly this many steps instead of --seconds (reproducible)")
     add("--hidden", type=_number(int, 1), default=256, help="hidden units H (default 256)")
     add("--sparsity", type=float, default=0.05, help="fraction of recurrent connections present (default 0.05)")
-    add("--gate", choices=("dense", "sparse", "diagonal"), default="dense", help="the gate (default dense)")
+    add("--gate", choices=GATES, default="dense", help="the gate (default dense; lowrank: of rank 16)")
     add("--length", type=_number(int, 2), default=100, help="sequence length T (default 100)")
     add("--batch", type=_number(int, 1), default=64, help="batch size B (default 64)")
     add("--lr", type=_number(float, 0.0, True), default=3e-3, help="Adam learning rate (default 3e-3)")

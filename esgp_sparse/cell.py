@@ -497,8 +497,9 @@ class ESGPCell(FixedBuffers, PatternModule):
             parts.append(f"spectral_radius={self.spectral_radius:g}")
         if self.gate_type != "dense":
             parts.append(f"gate={self.gate_type!r}")
-        if self.gate_rank is not None:
-            parts.append(f"gate_rank={self.gate_rank}")
+        rank = getattr(self, "gate_rank", None)  # a cell pickled before 0.2.0's low-rank gate has none
+        if rank is not None:
+            parts.append(f"gate_rank={rank}")
         if self.path_request != "auto":
             parts.append(f"path={self.path_request!r}")
         parts += _checks.initialisation_repr(self.input_scaling, self.gate_bias_init)

@@ -398,7 +398,7 @@ class ESGP(FixedBuffers):
             parts.append("bidirectional=True")
         parts += _checks.initialisation_repr(self.input_scaling, self.gate_bias_init)
         for attr, default in defaults.items():
-            value = getattr(self, attr)
+            value = getattr(self, attr, default)  # a model pickled before an attribute existed lacks it
             if value != default:
                 parts.append(f"{names.get(attr, attr)}={value!r}")
         return ", ".join(parts)

@@ -530,6 +530,8 @@ def run(
             print(f"{label}: {parameters:,} trained parameters")
             row = train(model, task, data, epochs, seed, label)
             results["models"][label] = dict(model=name, hidden=size, parameters=parameters, **row)
+            if GATE.get(name) == "lowrank":  # the rank used (the default where --gate-rank was not given)
+                results["models"][label]["gate_rank"] = cast(ESGP, model.core).gate_rank
     return results
 
 

@@ -45,6 +45,11 @@ def test_dense_gate_parameters_are_exactly_the_originals():
 def test_scalable_gate_parameters(gate, shapes):
     cell = ESGPCell(7, 33, sparsity=0.2, gate=gate, seed=0)
     assert {name: tuple(p.shape) for name, p in cell.named_parameters()} == shapes(cell)
+    kind = {"diagonal": DiagonalGate, "sparse": SparseGate, "lowrank": LowRankGate}[gate]
+    assert type(cell.gate) is kind
+    if gate == "lowrank":
+        assert cell.gate.rank == cell.gate_rank == 16
+        assert ESGPCell(7, 12, sparsity=0.2, gate=gate, seed=0).gate.rank == 12  # at most H
     if gate == "sparse":
         assert 0.1 < cell.gate.nnz / 33**2 < 0.3
 

@@ -63,11 +63,13 @@ def test_compiled_cell_equals_eager_inductor():
     compare_compiled(cell, torch.compile(cell, fullgraph=True), torch.float32)
 
 
-def test_esgp_compile_rows_layout_with_inductor():
-    """compile=True through Inductor on the rows layout (every product dense) with the diagonal gate,
-    checkpointed: the chunks and the eager recompute agree with an eager model."""
+@pytest.mark.parametrize("gate", ["diagonal", "lowrank"])
+def test_esgp_compile_rows_layout_with_inductor(gate):
+    """compile=True through Inductor on the rows layout (every product dense) with a gate that is
+    not a GEMM of its own, checkpointed: the chunks and the eager recompute agree with an eager
+    model."""
     torch.manual_seed(0)
-    kwargs = dict(sparsity=0.15, gate="diagonal", path="dense", seed=3, checkpoint=True)
+    kwargs = dict(sparsity=0.15, gate=gate, path="dense", seed=3, checkpoint=True)
     model, eager = ESGP(3, 40, compile=True, **kwargs), ESGP(3, 40, **kwargs)
     eager.load_state_dict(model.state_dict())
     x = torch.randn(4, 37, 3, requires_grad=True)
@@ -208,8 +210,9 @@ def assert_matches_eager(model, compiled, steps):
         ("dense", "dense", dict(num_layers=2)),
         ("diagonal", "sparse", dict(bidirectional=True)),
         ("sparse", "sparse", dict(checkpoint=True)),
+        ("lowrank", "sparse", {}),
     ],
-    ids=["dense-dense-2-layers", "diagonal-sparse-bidirectional", "sparse-sparse-checkpoint"],
+    ids=["dense-dense-2-layers", "diagonal-sparse-bidirectional", "sparse-sparse-checkpoint", "lowrank-sparse"],
 )
 def test_whole_model_compiles_to_one_node_per_layer_whatever_the_length(gate, path, kwargs):
     """``torch.compile(model, fullgraph=True)``: each layer (and direction) is one opaque node, the
@@ -244,7 +247,9 @@ def test_whole_model_compiles_with_inductor():
 
 
 # ------------------------------------------------------------------ torch.export
-@pytest.mark.parametrize("gate, path", [("dense", "dense"), ("sparse", "sparse")], ids=["dense", "sparse"])
+@pytest.mark.parametrize(
+    "gate, path", [("dense", "dense"), ("sparse", "sparse"), ("lowrank", "dense")], ids=["dense", "sparse", "lowrank"]
+)
 def test_export_with_a_dynamic_length(gate, path):
     """``torch.export.export`` of a model whose parameters require grad (nothing turned off), with T
     dynamic: one node per layer, and the program equals eager at other lengths, gradients included

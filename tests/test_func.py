@@ -34,10 +34,11 @@ def test_vmap_over_the_sequence_model_is_refused_clearly():
 
 def test_vmap_over_the_dense_path_cell_works_and_the_sparse_one_is_refused():
     torch.manual_seed(0)
-    dense = ESGPCell(3, 30, sparsity=0.2, path="dense", seed=0)
     x, h = torch.randn(4, 2, 3), torch.randn(4, 2, 30)
-    batched = torch.func.vmap(dense)(x, h)
-    torch.testing.assert_close(batched, dense(x.reshape(8, 3), h.reshape(8, 30)).reshape(4, 2, 30))
+    for gate in ("dense", "diagonal", "lowrank"):
+        dense = ESGPCell(3, 30, sparsity=0.2, gate=gate, path="dense", seed=0)
+        batched = torch.func.vmap(dense)(x, h)
+        torch.testing.assert_close(batched, dense(x.reshape(8, 3), h.reshape(8, 30)).reshape(4, 2, 30))
     sparse = ESGPCell(3, 30, sparsity=0.2, path="sparse", seed=0)
     with pytest.raises(NotImplementedError, match=r"ESGPCell: torch.func.vmap is not supported \(the CSR products"):
         torch.func.vmap(sparse)(x, h)

@@ -218,7 +218,8 @@ def test_gate_rank_reaches_the_low_rank_models_alone(monkeypatch, capsys):
     assert result["gate_rank"] == 3 and result["models"]["esgp-lowrank"]["parameters"] == (
         2 * 32 + 32 * (2 * 3 + 1) + 32 + 32 + 1  # W_in, the packed gate weight, its bias, the head
     )
-    assert built["esgp-lowrank"].core.cells[0].gate.rank == 3
+    assert built["esgp-lowrank"].core.cells[0].gate.rank == result["models"]["esgp-lowrank"]["gate_rank"] == 3
+    assert "gate_rank" not in result["models"]["esgp-diagonal"]
     assert built["esgp-diagonal"].core.cells[0].gate_rank is None
     assert "low-rank gate of rank 3" in capsys.readouterr().out
     for argv, message in (

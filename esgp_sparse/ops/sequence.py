@@ -249,6 +249,10 @@ def _chunk_operands(ops: Operands, spec: LayerSpec, backward: bool) -> tuple[Any
     def pattern(csr: CSR | None) -> list[Tensor]:
         return [] if csr is None else ([csr.crow_t, csr.col_t] if backward else [csr.crow, csr.col])
 
+    if ops.factors:  # the rank is the model's: else Dynamo may give it the batch size's symbol (both 16)
+        first, second = ops.factors
+        torch._dynamo.mark_static(first, 1 if spec.rows else 0)
+        torch._dynamo.mark_static(second, 0 if spec.rows else 1)
     return ops.recurrent, pattern(spec.recurrent_csr), ops.gate, pattern(spec.gate_csr), list(ops.factors)
 
 

@@ -109,9 +109,9 @@ def test_layer_float32_matches_float64_reference():
     torch.testing.assert_close(out.double(), ref.detach(), **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("gate", ["sparse", "lowrank"])
-def test_layer_gradcheck(gate):
-    p, recurrent, spec, *_ = problem(gate, "sparse")
+@pytest.mark.parametrize("gate, path", [("sparse", "sparse"), ("lowrank", "sparse"), ("lowrank", "dense")])
+def test_layer_gradcheck(gate, path):
+    p, recurrent, spec, *_ = problem(gate, path)
     small = {k: v.detach()[:4].clone().requires_grad_() if k == "x" else v for k, v in p.items()}
     assert torch.autograd.gradcheck(
         lambda x, h0, w, gw, gb: esgp_layer(x, h0, w, recurrent, gw, gb, spec), tuple(small.values())
@@ -238,7 +238,9 @@ def test_layer_op_equals_naive_outputs_and_all_gradients(gate, path, save, compi
         torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
-@pytest.mark.parametrize("gate, path", [("dense", "dense"), ("sparse", "sparse")], ids=["rows", "cols"])
+@pytest.mark.parametrize(
+    "gate, path", [("dense", "dense"), ("sparse", "sparse"), ("lowrank", "dense")], ids=["rows", "cols", "rows-lowrank"]
+)
 def test_layer_op_registrations(gate, path):
     """torch.library.opcheck of both ops, forward with and without residuals, on both step layouts:
     schema, fake (meta) shapes and strides, autograd registration, AOT dispatch."""
