@@ -105,8 +105,8 @@ class LowRankGate(nn.Module):
     The factors live in one parameter, so that the sequence layer takes the gate as one tensor:
     ``weight[:, :r]`` is U, ``weight[:, r:2r]`` is V and ``weight[:, 2r]`` is d, and
     ``W_g = U V^T + diag(d)`` (:meth:`matrix`). A parametrization of ``weight`` (``weight_norm``,
-    ``spectral_norm``) therefore acts on that packed (H, 2r + 1) tensor, not on ``W_g``. Below 17
-    units (rank H) it has more parameters than the dense gate.
+    ``spectral_norm``) therefore acts on that packed (H, 2r + 1) tensor, not on ``W_g``. Below 33
+    units at the default rank (16, or H) it has more parameters than the dense gate.
 
     Attributes:
         weight: (H, 2r + 1) learned. V is drawn U(-1/sqrt(H), 1/sqrt(H)) (nn.Linear(H, r)'s
