@@ -177,16 +177,22 @@ def test_sweep_over_gates_and_sizes(tmp_path, monkeypatch, capsys):
     assert "--hidden: expected a positive integer or a comma-separated list" in capsys.readouterr().err
 
 
-def test_initialisation_knobs_reach_the_models_and_the_results(monkeypatch, capsys):
-    built = {}
+@pytest.fixture
+def built(monkeypatch) -> dict:
+    """The models the runner builds, by name, with training replaced by a fixed result."""
+    models: dict = {}
     build = tasks.build_model
 
     def record_build(*args):
-        built[args[0]] = model = build(*args)
+        models[args[0]] = model = build(*args)
         return model
 
     monkeypatch.setattr(tasks, "build_model", record_build)
     monkeypatch.setattr(tasks, "train", lambda model, *args: dict(curve=[0.5], train_loss=[1.0], seconds=1.0))
+    return models
+
+
+def test_initialisation_knobs_reach_the_models_and_the_results(built, capsys):
     argv = ["adding", "--quick", "--models", "esgp-diagonal,esn,gru", "--input-scaling", "0.1", "--gate-bias-init", "3"]
     (result,) = tasks.main(argv)
     assert (result["input_scaling"], result["gate_bias_init"]) == (0.1, 3.0)
@@ -204,16 +210,7 @@ def test_initialisation_knobs_reach_the_models_and_the_results(monkeypatch, caps
         assert message in capsys.readouterr().err
 
 
-def test_gate_rank_reaches_the_low_rank_models_alone(monkeypatch, capsys):
-    built = {}
-    build = tasks.build_model
-
-    def record_build(*args):
-        built[args[0]] = model = build(*args)
-        return model
-
-    monkeypatch.setattr(tasks, "build_model", record_build)
-    monkeypatch.setattr(tasks, "train", lambda model, *args: dict(curve=[0.5], train_loss=[1.0], seconds=1.0))
+def test_gate_rank_reaches_the_low_rank_models_alone(built, capsys):
     (result,) = tasks.main(["adding", "--quick", "--models", "esgp-lowrank,esgp-diagonal", "--gate-rank", "3"])
     assert result["gate_rank"] == 3 and result["models"]["esgp-lowrank"]["parameters"] == (
         2 * 32 + 32 * (2 * 3 + 1) + 32 + 32 + 1  # W_in, the packed gate weight, its bias, the head
