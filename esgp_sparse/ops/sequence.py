@@ -144,6 +144,13 @@ def _operands(recurrent: Tensor, gate_weight: Tensor, gate_bias: Tensor, spec: L
     return Operands(orient(recurrent, spec.recurrent_csr), gate, bias, factors)
 
 
+def _lowrank_add_(acc: Tensor, x: Tensor, factors: tuple[Tensor, ...], rows: bool) -> Tensor:
+    """``acc += (x @ first) @ second`` (rows) or ``acc += second @ (first @ x)`` (cols) in place: the
+    low-rank gate's product with :class:`Operands`' ``factors``."""
+    first, second = factors
+    return acc.addmm_(x @ first, second) if rows else acc.addmm_(second, first @ x)
+
+
 def _csr_product(x: Tensor, weight: Tensor, csr: CSR, exchange: Exchange | None, backward: bool) -> Tensor:
     """``M @ x`` (``M.T @ x`` with ``backward``, ``weight`` then in the transpose's order); with an
     ``exchange``, ``x`` holds this process's units and so does the result."""
@@ -170,15 +177,10 @@ def forward_step(
     """
     rows = spec.rows
     torch.tanh(_matmul_add_(u, h, ops.recurrent, spec.recurrent_csr, spec, False), out=candidate_out)
-    if spec.gate == "diagonal":
+    if spec.gate == "diagonal" or spec.gate == "lowrank":
         torch.addcmul(ops.bias, ops.gate, candidate_out, out=gate_out)
-    elif spec.gate == "lowrank":
-        first, second = ops.factors
-        if rows:
-            torch.addmm(ops.bias, candidate_out @ first, second, out=gate_out)
-        else:
-            torch.addmm(ops.bias, second, first @ candidate_out, out=gate_out)
-        gate_out.addcmul_(ops.gate, candidate_out)
+        if ops.factors:
+            _lowrank_add_(gate_out, candidate_out, ops.factors, rows)
     elif spec.gate_csr is not None:
         product = _csr_product(candidate_out, ops.gate, spec.gate_csr, spec.exchange, False)
         torch.add(product, ops.bias, out=gate_out)
@@ -213,15 +215,10 @@ def backward_step(
     torch.sub(candidate, h_prev, out=grad_z_out).mul_(grad).mul_(torch.addcmul(gate, gate, gate, value=-1))
     grad_candidate = grad * gate
     grad_kept = grad.sub_(grad_candidate)  # dL/dh' (1 - g): the part that skips the cell
-    if spec.gate == "diagonal":
+    if spec.gate == "diagonal" or spec.gate == "lowrank":
         grad_candidate.addcmul_(ops.gate, grad_z_out)
-    elif spec.gate == "lowrank":
-        first, second = ops.factors
-        grad_candidate.addcmul_(ops.gate, grad_z_out)
-        if spec.rows:
-            grad_candidate.addmm_(grad_z_out @ first, second)
-        else:
-            grad_candidate.addmm_(second, first @ grad_z_out)
+        if ops.factors:
+            _lowrank_add_(grad_candidate, grad_z_out, ops.factors, spec.rows)
     else:
         _matmul_add_(grad_candidate, grad_z_out, ops.gate, spec.gate_csr, spec, True)
     # dL/da = dL/dh~ (1 - h~^2)
