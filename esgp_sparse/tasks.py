@@ -8,9 +8,9 @@
 TASK is one of ``mackey_glass``, ``adding``, ``copy``, ``delayed_response``, ``smnist`` (see
 :mod:`esgp_sparse.datasets` for their definitions). Every model gets the same data, the same
 linear head (on the scored steps' states; ``--readout mean``: on the mean state over time, for the
-tasks scored once per sequence), the same optimiser (Adam, lr 1e-3, gradient norm clipped to 1) and
-the same epochs; each prints its parameter count beside its score, and a markdown table closes the
-run.
+tasks scored once per sequence), the same optimiser (Adam, lr 1e-3 unless ``--lr`` says otherwise,
+gradient norm clipped to 1) and the same epochs; each prints its parameter count beside its score,
+and a markdown table closes the run.
 
 Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``esgp-sparse``,
 ``esgp-diagonal`` and ``esgp-lowrank`` (the same with the gates that scale; ``--gate-rank`` sets
@@ -46,6 +46,7 @@ from .gates import DiagonalGate
 
 Data = tuple[Tensor, Tensor, Tensor, Tensor]
 SYNTHETIC = "synthetic digits"
+DEFAULT_LR = 1e-3  # Adam's learning rate for every model unless --lr says otherwise
 _REDRAW = 0.5 if sys.stderr.isatty() else 30.0  # seconds between progress-bar redraws
 
 
@@ -257,11 +258,14 @@ def evaluate(model: SequenceModel, task: Task, x: Tensor, y: Tensor, batch_size:
     return 100.0 * total / count if task.metric == "accuracy" else total / count
 
 
-def train(model: SequenceModel, task: Task, data: Data, epochs: int, seed: int, label: str) -> dict:
-    """Adam (lr 1e-3) with the gradient norm clipped to 1; the metric on the test set after each epoch."""
+def train(
+    model: SequenceModel, task: Task, data: Data, epochs: int, seed: int, label: str, lr: float = DEFAULT_LR
+) -> dict:
+    """Adam (learning rate ``lr``) with the gradient norm clipped to 1; the metric on the test set after
+    each epoch."""
     x, y, x_test, y_test = data
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-3)
+    optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     scored = task.outputs(y)
     batches = math.ceil(x.shape[0] / task.batch_size)
@@ -335,6 +339,7 @@ def _knobs(results: dict) -> str:
         + ("" if bias is None else f"gate bias {bias:g} at first (ESGP), ")
         + ("" if results.get("readout", "last") == "last" else "the head on the mean state over time, ")
         + ("" if results.get("gate_rank") is None else f"low-rank gate of rank {results['gate_rank']}, ")
+        + ("" if results.get("lr", DEFAULT_LR) == DEFAULT_LR else f"Adam lr {results['lr']:g}, ")
     )
 
 
@@ -425,6 +430,26 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def size_lines(runs: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
+    """The points (H, final score, parameters) of each line of a size plot, sorted by H: one line per
+    model and setting (rank, learning rate, readout, initialisation knobs), so that runs of the same
+    model with different settings are not joined."""
+    lines: dict[str, list[tuple[int, float, int]]] = {}
+    for run_ in runs:
+        setting = (
+            ("" if run_.get("lr", DEFAULT_LR) == DEFAULT_LR else f", lr {run_['lr']:g}")
+            + ("" if run_.get("readout", "last") == "last" else ", mean state")
+            + ("" if run_.get("input_scaling", 1.0) == 1.0 else f", input x{run_['input_scaling']:g}")
+            + ("" if run_.get("gate_bias_init") is None else f", gate bias {run_['gate_bias_init']:g}")
+        )
+        for name, row in run_["models"].items():
+            rank = row.get("gate_rank", run_.get("gate_rank"))  # older results kept it per run only
+            rank = "" if rank is None or GATE.get(row.get("model", name)) != "lowrank" else f", rank {rank}"
+            point = (row.get("hidden", run_["hidden"]), row["curve"][-1], row["parameters"])
+            lines.setdefault(row.get("model", name) + rank + setting, []).append(point)
+    return {label: sorted(points) for label, points in lines.items()}
+
+
 def plot_sizes(results: list[dict], path: str) -> None:
     """Each task's final test score against the hidden size, a line per model (its parameter
     counts at the points); runs of the same task share a panel."""
@@ -432,18 +457,13 @@ def plot_sizes(results: list[dict], path: str) -> None:
     by_task: dict[str, list[dict]] = {}
     for result in results:  # runs of one task (e.g. one per gate) share a panel
         by_task.setdefault(result["task"], []).append(result)
-    fig, axes = plt.subplots(1, len(by_task), figsize=(4.6 * len(by_task), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(by_task), figsize=(5.0 * len(by_task), 5.2), squeeze=False)
     for ax, runs in zip(axes[0], by_task.values(), strict=True):
         result = runs[0]
         task = TASKS[result["task"]]
-        lines: dict[str, list[tuple[int, float, int]]] = {}
-        for run_ in runs:
-            for name, row in run_["models"].items():
-                point = (row.get("hidden", run_["hidden"]), row["curve"][-1], row["parameters"])
-                lines.setdefault(row.get("model", name), []).append(point)
-        for model, points in lines.items():
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+        lines = size_lines(runs)
+        for label, points in lines.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
             for h, score, parameters in points:
                 ax.annotate(f"{parameters:,}", (h, score), fontsize=6, textcoords="offset points", xytext=(2, 3))
         if result.get("baseline") is not None:
@@ -454,6 +474,7 @@ def plot_sizes(results: list[dict], path: str) -> None:
         ax.set_xticks(sizes, [f"{h:,}" for h in sizes])
         ax.minorticks_off()
         _finish(ax, task)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below the lines, not on them
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -481,6 +502,7 @@ def run(
     gate_bias_init: float | None = None,
     readout: str = "last",
     gate_rank: int | None = None,
+    lr: float = DEFAULT_LR,
 ) -> dict:
     """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
@@ -499,6 +521,7 @@ def run(
         + ("" if gate_bias_init is None else f", gate bias {gate_bias_init:g} at first")
         + ("" if readout == "last" else ", the head on the mean state over time")
         + ("" if gate_rank is None else f", low-rank gate of rank {gate_rank}")
+        + ("" if lr == DEFAULT_LR else f", Adam lr {lr:g}")
     )
     if task.name == "smnist" and (quick or data_dir is None):
         print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
@@ -511,6 +534,7 @@ def run(
         gate_bias_init=gate_bias_init,
         readout=readout,
         gate_rank=gate_rank,
+        lr=lr,
         quick=quick,
         seed=seed,
         metric=task.metric,
@@ -528,7 +552,7 @@ def run(
             model = build_model(name, task, size, seed, per_unit, input_scaling, gate_bias_init, readout, gate_rank)
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"{label}: {parameters:,} trained parameters")
-            row = train(model, task, data, epochs, seed, label)
+            row = train(model, task, data, epochs, seed, label, lr)
             results["models"][label] = dict(model=name, hidden=size, parameters=parameters, **row)
             if GATE.get(name) == "lowrank":  # the rank used (the default where --gate-rank was not given)
                 results["models"][label]["gate_rank"] = cast(ESGP, model.core).gate_rank
@@ -560,6 +584,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument(
         "--gate-rank", type=int, help="the low-rank gate's rank (esgp-lowrank; default 16, or H if smaller)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help=f"Adam's learning rate, for every model (default {DEFAULT_LR:g})"
     )
     parser.add_argument(
         "--readout",
@@ -620,6 +647,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--input-scaling: expected a positive number, got {args.input_scaling}")
     if args.gate_bias_init is not None and not math.isfinite(args.gate_bias_init):
         parser.error(f"--gate-bias-init: expected a finite number, got {args.gate_bias_init}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr: expected a positive learning rate, got {args.lr}")
     if args.gate_rank is not None and not 1 <= args.gate_rank <= min(sizes):
         parser.error(
             f"--gate-rank: expected an integer from 1 to the smallest --hidden ({min(sizes)}), got {args.gate_rank}"
@@ -632,7 +661,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(
                 f"--readout {args.readout}: reads one output per sequence; scored at every step: {', '.join(stepwise)}"
             )
-    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init, args.readout, args.gate_rank)
+    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init, args.readout, args.gate_rank, args.lr)
     results = [
         run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, *knobs)
         for t in args.tasks

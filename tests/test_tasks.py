@@ -60,7 +60,7 @@ def test_quick_run_end_to_end(tmp_path, capsys):
 def test_train_size_takes_the_same_subset_for_every_model(monkeypatch):
     seen = {}
 
-    def record(model, task, data, epochs, seed, label):
+    def record(model, task, data, epochs, seed, label, lr):
         seen[label] = data
         return dict(curve=[0.0], train_loss=[0.0], seconds=0.0)
 
@@ -172,6 +172,11 @@ def test_sweep_over_gates_and_sizes(tmp_path, monkeypatch, capsys):
     assert "| esgp-diagonal | 256 |" in table
     again = tasks.main(["--results", str(out), "--plot-sizes", str(tmp_path / "again.png")])
     assert again[0]["models"].keys() == rows.keys()
+    # a line per model and setting: the same model at another learning rate is not joined to it
+    other = json.loads(json.dumps(result)) | dict(lr=0.01)
+    lines = tasks.size_lines([result, other])
+    assert list(lines) == ["esgp-sparse", "esgp-diagonal", "esgp-sparse, lr 0.01", "esgp-diagonal, lr 0.01"]
+    assert lines["esgp-sparse"] == [(h, 0.5, rows[f"esgp-sparse H={h}"]["parameters"]) for h in (64, 256)]
     with pytest.raises(SystemExit):
         tasks.main(["adding", "--quick", "--hidden", "64,big"])
     assert "--hidden: expected a positive integer or a comma-separated list" in capsys.readouterr().err
@@ -226,6 +231,27 @@ def test_gate_rank_reaches_the_low_rank_models_alone(built, capsys):
         with pytest.raises(SystemExit):
             tasks.main(["adding", "--quick", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_the_learning_rate_reaches_adam_and_the_results(monkeypatch, capsys):
+    rates = []
+
+    class Recorded(torch.optim.Adam):
+        def __init__(self, params, lr):
+            rates.append(lr)
+            super().__init__(params, lr=lr)
+
+    monkeypatch.setattr(tasks.torch.optim, "Adam", Recorded)
+    (result,) = tasks.main(["adding", "--quick", "--models", "esn,gru", "--epochs", "1", "--lr", "0.02"])
+    assert rates == [0.02, 0.02] and result["lr"] == 0.02
+    assert "Adam lr 0.02" in capsys.readouterr().out
+    (result,) = tasks.main(["adding", "--quick", "--models", "esn", "--epochs", "1"])
+    assert rates[-1] == result["lr"] == tasks.DEFAULT_LR == 1e-3
+    assert "Adam lr" not in capsys.readouterr().out
+    for value in ("0", "-1e-3", "inf"):
+        with pytest.raises(SystemExit):
+            tasks.main(["adding", "--quick", f"--lr={value}"])
+        assert f"--lr: expected a positive learning rate, got {float(value)}" in capsys.readouterr().err
 
 
 def test_the_mean_readout_reads_the_mean_state_and_only_where_one_output_is_scored(monkeypatch, capsys):
