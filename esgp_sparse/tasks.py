@@ -430,14 +430,23 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _per_unit(per_unit: float | None) -> str:
+    return ", sparsity 0.1" if per_unit is None else f", {per_unit:g} per unit"
+
+
 def size_lines(runs: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
     """The points (H, final score, parameters) of each line of a size plot, sorted by H: one line per
-    model and setting (rank, learning rate, readout, initialisation knobs), so that runs of the same
-    model with different settings are not joined."""
+    model and setting (rank, learning rate, readout, initialisation knobs, connections per unit,
+    epochs), so that runs of the same model with different settings are not joined. Where every run
+    has the same connections per unit and epochs, the labels leave those two out; runs that differ
+    in the seed alone share a line."""
     lines: dict[str, list[tuple[int, float, int]]] = {}
+    shared = {key: len({str(run_.get(key)) for run_ in runs}) == 1 for key in ("per_unit", "epochs")}
     for run_ in runs:
         setting = (
-            ("" if run_.get("lr", DEFAULT_LR) == DEFAULT_LR else f", lr {run_['lr']:g}")
+            ("" if shared["per_unit"] else _per_unit(run_.get("per_unit")))
+            + ("" if shared["epochs"] else f", {run_['epochs']} epochs")
+            + ("" if run_.get("lr", DEFAULT_LR) == DEFAULT_LR else f", lr {run_['lr']:g}")
             + ("" if run_.get("readout", "last") == "last" else ", mean state")
             + ("" if run_.get("input_scaling", 1.0) == 1.0 else f", input x{run_['input_scaling']:g}")
             + ("" if run_.get("gate_bias_init") is None else f", gate bias {run_['gate_bias_init']:g}")
@@ -451,8 +460,8 @@ def size_lines(runs: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
 
 
 def plot_sizes(results: list[dict], path: str) -> None:
-    """Each task's final test score against the hidden size, a line per model (its parameter
-    counts at the points); runs of the same task share a panel."""
+    """Each task's final test score against the hidden size, a line per model and setting
+    (:func:`size_lines`; its parameter counts at the points); runs of the same task share a panel."""
     plt = _pyplot("--plot-sizes")
     by_task: dict[str, list[dict]] = {}
     for result in results:  # runs of one task (e.g. one per gate) share a panel
@@ -507,6 +516,10 @@ def run(
     """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
     task = TASKS[task_name]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"tasks: expected a number for the learning rate lr, got {type(lr).__name__}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"tasks: expected a positive, finite learning rate lr, got {lr!r}")
     if readout != "last" and not scores_one_output(task):
         raise ValueError(
             f"tasks: readout={readout!r} needs a task scored once per sequence; {task_name} is scored at every step"

@@ -182,6 +182,35 @@ def test_sweep_over_gates_and_sizes(tmp_path, monkeypatch, capsys):
     assert "--hidden: expected a positive integer or a comma-separated list" in capsys.readouterr().err
 
 
+def test_size_plot_draws_a_line_per_model_and_setting():
+    def result(model, hidden, score, rows=None, **setting):
+        row = dict(model=model, hidden=hidden, parameters=10 * hidden, curve=[0.9, score], **(rows or {}))
+        run = dict(task="smnist", hidden=hidden, epochs=10, per_unit=10.0, seed=0, models={f"{model} H={hidden}": row})
+        return run | setting
+
+    runs = [
+        result("esgp-lowrank", 64, 0.5, gate_rank=4),  # an older result: the rank kept per run only
+        result("esgp-lowrank", 128, 0.6, rows=dict(gate_rank=4)),
+        result("esgp-lowrank", 256, 0.7, rows=dict(gate_rank=4), seed=1),  # another seed: the same line
+        result("esgp-lowrank", 64, 0.4, rows=dict(gate_rank=8)),
+        result("esgp-diagonal", 128, 0.3, gate_rank=4),  # a run-level rank names no other gate's line
+        result("esgp-diagonal", 64, 0.2, readout="mean", input_scaling=0.1, gate_bias_init=3.0, lr=0.01),
+    ]
+    lines = tasks.size_lines(runs)
+    assert lines == {
+        "esgp-lowrank, rank 4": [(64, 0.5, 640), (128, 0.6, 1280), (256, 0.7, 2560)],
+        "esgp-lowrank, rank 8": [(64, 0.4, 640)],
+        "esgp-diagonal": [(128, 0.3, 1280)],
+        "esgp-diagonal, lr 0.01, mean state, input x0.1, gate bias 3": [(64, 0.2, 640)],
+    }
+    # connections per unit and epochs name the lines only where the runs differ in them
+    other = result("esgp-diagonal", 256, 0.1, per_unit=None, epochs=20)
+    assert set(tasks.size_lines(runs[4:5] + [other])) == {
+        "esgp-diagonal, 10 per unit, 10 epochs",
+        "esgp-diagonal, sparsity 0.1, 20 epochs",
+    }
+
+
 @pytest.fixture
 def built(monkeypatch) -> dict:
     """The models the runner builds, by name, with training replaced by a fixed result."""
@@ -252,6 +281,10 @@ def test_the_learning_rate_reaches_adam_and_the_results(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             tasks.main(["adding", "--quick", f"--lr={value}"])
         assert f"--lr: expected a positive learning rate, got {float(value)}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"expected a positive, finite learning rate lr, got 0"):
+        tasks.run("adding", ["esn"], 1, 8, True, 0, None, lr=0)
+    with pytest.raises(TypeError, match=r"expected a number for the learning rate lr, got str"):
+        tasks.run("adding", ["esn"], 1, 8, True, 0, None, lr="1e-3")
 
 
 def test_the_mean_readout_reads_the_mean_state_and_only_where_one_output_is_scored(monkeypatch, capsys):
