@@ -441,11 +441,11 @@ def size_lines(runs: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
     has the same connections per unit and epochs, the labels leave those two out; runs that differ
     in the seed alone share a line."""
     lines: dict[str, list[tuple[int, float, int]]] = {}
-    shared = {key: len({str(run_.get(key)) for run_ in runs}) == 1 for key in ("per_unit", "epochs")}
+    shared = {key: len({run_.get(key) for run_ in runs}) == 1 for key in ("per_unit", "epochs")}  # 10 == 10.0
     for run_ in runs:
         setting = (
             ("" if shared["per_unit"] else _per_unit(run_.get("per_unit")))
-            + ("" if shared["epochs"] else f", {run_['epochs']} epochs")
+            + ("" if shared["epochs"] else f", {run_.get('epochs')} epochs")
             + ("" if run_.get("lr", DEFAULT_LR) == DEFAULT_LR else f", lr {run_['lr']:g}")
             + ("" if run_.get("readout", "last") == "last" else ", mean state")
             + ("" if run_.get("input_scaling", 1.0) == 1.0 else f", input x{run_['input_scaling']:g}")
@@ -607,7 +607,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default="last",
         help="the head reads the last state, or the mean state over time (tasks scored once per sequence)",
     )
-    parser.add_argument("--plot-sizes", help="draw each task's score against H, a line per model, to this image file")
+    parser.add_argument(
+        "--plot-sizes", help="draw each task's score against H, a line per model and setting, to this image file"
+    )
     parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
