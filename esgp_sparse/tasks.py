@@ -9,8 +9,9 @@ TASK is one of ``mackey_glass``, ``adding``, ``copy``, ``delayed_response``, ``s
 :mod:`esgp_sparse.datasets` for their definitions). Every model gets the same data, the same
 linear head (on the scored steps' states; ``--readout mean``: on the mean state over time, for the
 tasks scored once per sequence), the same optimiser (Adam, lr 1e-3 unless ``--lr`` says otherwise,
-gradient norm clipped to 1) and the same epochs; each prints its parameter count beside its score,
-and a markdown table closes the run.
+kept constant unless ``--schedule cosine``, gradient norm clipped to 1), the same reservoir radius
+(0.9 unless ``--spectral-radius`` says otherwise) and the same epochs; each prints its parameter
+count beside its score, and a markdown table closes the run.
 
 Models: ``esgp`` (:class:`esgp_sparse.ESGP`, the published dense gate, sparsity 0.1), ``esgp-sparse``,
 ``esgp-diagonal`` and ``esgp-lowrank`` (the same with the gates that scale; ``--gate-rank`` sets
@@ -47,6 +48,8 @@ from .gates import DiagonalGate
 Data = tuple[Tensor, Tensor, Tensor, Tensor]
 SYNTHETIC = "synthetic digits"
 DEFAULT_LR = 1e-3  # Adam's learning rate for every model unless --lr says otherwise
+SCHEDULES = ("constant", "cosine")
+DEFAULT_RADIUS = 0.9  # the reservoirs' spectral radius (the original's) unless --spectral-radius says otherwise
 _REDRAW = 0.5 if sys.stderr.isatty() else 30.0  # seconds between progress-bar redraws
 
 
@@ -206,16 +209,20 @@ def build_model(
     gate_bias_init: float | None = None,
     readout: str = "last",
     gate_rank: int | None = None,
+    spectral_radius: float = DEFAULT_RADIUS,
 ) -> SequenceModel:
     """``name`` with ``hidden`` units; the reservoirs keep 10 % of their connections (the original's
     sparsity), or ``per_unit`` connections per unit when given (what large reservoirs need).
     ``input_scaling`` and ``gate_bias_init`` (see :class:`~esgp_sparse.ESGPCell`) apply to the ESGP
     models; the ESN takes ``input_scaling`` (its gate is fixed open). ``readout``: see
-    :class:`SequenceModel`. ``gate_rank``: the low-rank gate's (``esgp-lowrank``; None: the default)."""
+    :class:`SequenceModel`. ``gate_rank``: the low-rank gate's (``esgp-lowrank``; None: the default).
+    ``spectral_radius``: the reservoir's (ESGP models and ESN; the original's 0.9 by default)."""
     torch.manual_seed(seed)
     i = task.input_size
     sparsity = 0.1 if per_unit is None else min(1.0, per_unit / hidden)
-    knobs: dict[str, Any] = dict(sparsity=sparsity, spectral_radius=0.9, seed=seed, input_scaling=input_scaling)
+    knobs: dict[str, Any] = dict(
+        sparsity=sparsity, spectral_radius=spectral_radius, seed=seed, input_scaling=input_scaling
+    )
     if name in GATE:
         rank = gate_rank if GATE[name] == "lowrank" else None
         core = ESGP(i, hidden, gate=GATE[name], gate_rank=rank, gate_bias_init=gate_bias_init, **knobs)
@@ -259,16 +266,29 @@ def evaluate(model: SequenceModel, task: Task, x: Tensor, y: Tensor, batch_size:
 
 
 def train(
-    model: SequenceModel, task: Task, data: Data, epochs: int, seed: int, label: str, lr: float = DEFAULT_LR
+    model: SequenceModel,
+    task: Task,
+    data: Data,
+    epochs: int,
+    seed: int,
+    label: str,
+    lr: float = DEFAULT_LR,
+    schedule: str = "constant",
 ) -> dict:
     """Adam (learning rate ``lr``) with the gradient norm clipped to 1; the metric on the test set after
-    each epoch."""
+    each epoch. ``schedule="cosine"`` lowers the rate from ``lr`` to 0 along a half cosine over every
+    batch of every epoch (``torch.optim.lr_scheduler.CosineAnnealingLR``); ``"constant"`` keeps it."""
     x, y, x_test, y_test = data
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     scored = task.outputs(y)
     batches = math.ceil(x.shape[0] / task.batch_size)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"tasks: expected schedule in {SCHEDULES}, got {schedule!r}")
+    annealing = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches) if schedule == "cosine" else None
+    )
     curve, losses = [], []
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -283,6 +303,8 @@ def train(
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            if annealing is not None:
+                annealing.step()
             running = loss.item() if i == 0 else 0.9 * running + 0.1 * loss.item()
             bar.set_postfix_str(f"loss {running:.4g}", refresh=False)
             bar.update()
@@ -334,12 +356,15 @@ def baseline_score(task: Task, y_train: Tensor, y_test: Tensor) -> float:
 
 def _knobs(results: dict) -> str:
     scaling, bias = results.get("input_scaling", 1.0), results.get("gate_bias_init")
+    radius = results.get("spectral_radius", DEFAULT_RADIUS)
     return (
         ("" if scaling == 1.0 else f"input scaling {scaling:g} (ESGP, ESN), ")
         + ("" if bias is None else f"gate bias {bias:g} at first (ESGP), ")
         + ("" if results.get("readout", "last") == "last" else "the head on the mean state over time, ")
         + ("" if results.get("gate_rank") is None else f"low-rank gate of rank {results['gate_rank']}, ")
         + ("" if results.get("lr", DEFAULT_LR) == DEFAULT_LR else f"Adam lr {results['lr']:g}, ")
+        + ("" if radius == DEFAULT_RADIUS else f"spectral radius {radius:g} (ESGP, ESN), ")
+        + ("" if results.get("schedule", "constant") == "constant" else f"{results['schedule']} learning rate, ")
     )
 
 
@@ -447,6 +472,12 @@ def size_lines(runs: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
             ("" if shared["per_unit"] else _per_unit(run_.get("per_unit")))
             + ("" if shared["epochs"] else f", {run_.get('epochs')} epochs")
             + ("" if run_.get("lr", DEFAULT_LR) == DEFAULT_LR else f", lr {run_['lr']:g}")
+            + (
+                ""
+                if run_.get("spectral_radius", DEFAULT_RADIUS) == DEFAULT_RADIUS
+                else f", radius {run_['spectral_radius']:g}"
+            )
+            + ("" if run_.get("schedule", "constant") == "constant" else f", {run_['schedule']} lr")
             + ("" if run_.get("readout", "last") == "last" else ", mean state")
             + ("" if run_.get("input_scaling", 1.0) == 1.0 else f", input x{run_['input_scaling']:g}")
             + ("" if run_.get("gate_bias_init") is None else f", gate bias {run_['gate_bias_init']:g}")
@@ -512,6 +543,8 @@ def run(
     readout: str = "last",
     gate_rank: int | None = None,
     lr: float = DEFAULT_LR,
+    spectral_radius: float = DEFAULT_RADIUS,
+    schedule: str = "constant",
 ) -> dict:
     """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
@@ -520,6 +553,12 @@ def run(
         raise TypeError(f"tasks: expected a number for the learning rate lr, got {type(lr).__name__}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"tasks: expected a positive, finite learning rate lr, got {lr!r}")
+    if isinstance(spectral_radius, bool) or not isinstance(spectral_radius, (int, float)):
+        raise TypeError(f"tasks: expected a number for spectral_radius, got {type(spectral_radius).__name__}")
+    if not (math.isfinite(spectral_radius) and spectral_radius > 0):
+        raise ValueError(f"tasks: expected a positive, finite spectral_radius, got {spectral_radius!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"tasks: expected schedule in {SCHEDULES}, got {schedule!r}")
     if readout != "last" and not scores_one_output(task):
         raise ValueError(
             f"tasks: readout={readout!r} needs a task scored once per sequence; {task_name} is scored at every step"
@@ -535,6 +574,8 @@ def run(
         + ("" if readout == "last" else ", the head on the mean state over time")
         + ("" if gate_rank is None else f", low-rank gate of rank {gate_rank}")
         + ("" if lr == DEFAULT_LR else f", Adam lr {lr:g}")
+        + ("" if spectral_radius == DEFAULT_RADIUS else f", spectral radius {spectral_radius:g}")
+        + ("" if schedule == "constant" else f", {schedule} learning rate")
     )
     if task.name == "smnist" and (quick or data_dir is None):
         print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
@@ -548,6 +589,8 @@ def run(
         readout=readout,
         gate_rank=gate_rank,
         lr=lr,
+        spectral_radius=spectral_radius,
+        schedule=schedule,
         quick=quick,
         seed=seed,
         metric=task.metric,
@@ -562,10 +605,12 @@ def run(
     for size in sizes:
         for name in models:
             label = name if len(sizes) == 1 else f"{name} H={size}"
-            model = build_model(name, task, size, seed, per_unit, input_scaling, gate_bias_init, readout, gate_rank)
+            model = build_model(
+                name, task, size, seed, per_unit, input_scaling, gate_bias_init, readout, gate_rank, spectral_radius
+            )
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"{label}: {parameters:,} trained parameters")
-            row = train(model, task, data, epochs, seed, label, lr)
+            row = train(model, task, data, epochs, seed, label, lr, schedule)
             results["models"][label] = dict(model=name, hidden=size, parameters=parameters, **row)
             if GATE.get(name) == "lowrank":  # the rank used (the default where --gate-rank was not given)
                 results["models"][label]["gate_rank"] = cast(ESGP, model.core).gate_rank
@@ -600,6 +645,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument(
         "--lr", type=float, default=DEFAULT_LR, help=f"Adam's learning rate, for every model (default {DEFAULT_LR:g})"
+    )
+    parser.add_argument(
+        "--spectral-radius",
+        type=float,
+        default=DEFAULT_RADIUS,
+        help=f"the reservoirs' spectral radius (ESGP models, ESN; default {DEFAULT_RADIUS:g}, the original's)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="constant",
+        help="constant (the default), or cosine: the learning rate lowered to 0 along a half cosine over the training",
     )
     parser.add_argument(
         "--readout",
@@ -664,6 +721,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--gate-bias-init: expected a finite number, got {args.gate_bias_init}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr: expected a positive learning rate, got {args.lr}")
+    if not (math.isfinite(args.spectral_radius) and args.spectral_radius > 0):
+        parser.error(f"--spectral-radius: expected a positive number, got {args.spectral_radius}")
     if args.gate_rank is not None and not 1 <= args.gate_rank <= min(sizes):
         parser.error(
             f"--gate-rank: expected an integer from 1 to the smallest --hidden ({min(sizes)}), got {args.gate_rank}"
@@ -676,7 +735,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(
                 f"--readout {args.readout}: reads one output per sequence; scored at every step: {', '.join(stepwise)}"
             )
-    knobs = (args.per_unit, args.input_scaling, args.gate_bias_init, args.readout, args.gate_rank, args.lr)
+    knobs = (
+        args.per_unit,
+        args.input_scaling,
+        args.gate_bias_init,
+        args.readout,
+        args.gate_rank,
+        args.lr,
+        args.spectral_radius,
+        args.schedule,
+    )
     results = [
         run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, *knobs)
         for t in args.tasks

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,7 +62,7 @@ def test_quick_run_end_to_end(tmp_path, capsys):
 def test_train_size_takes_the_same_subset_for_every_model(monkeypatch):
     seen = {}
 
-    def record(model, task, data, epochs, seed, label, lr):
+    def record(model, task, data, epochs, seed, label, *options):
         seen[label] = data
         return dict(curve=[0.0], train_loss=[0.0], seconds=0.0)
 
@@ -184,7 +186,7 @@ def test_sweep_over_gates_and_sizes(tmp_path, monkeypatch, capsys):
 
 def test_size_plot_draws_a_line_per_model_and_setting():
     def result(model, hidden, score, rows=None, **setting):
-        row = dict(model=model, hidden=hidden, parameters=10 * hidden, curve=[0.9, score], **(rows or {}))
+        row = dict(model=model, hidden=hidden, parameters=10 * hidden, curve=[0.9, score], seconds=1.0, **(rows or {}))
         run = dict(task="smnist", hidden=hidden, epochs=10, per_unit=10.0, seed=0, models={f"{model} H={hidden}": row})
         return run | setting
 
@@ -195,14 +197,19 @@ def test_size_plot_draws_a_line_per_model_and_setting():
         result("esgp-lowrank", 64, 0.4, rows=dict(gate_rank=8)),
         result("esgp-diagonal", 128, 0.3, gate_rank=4),  # a run-level rank names no other gate's line
         result("esgp-diagonal", 64, 0.2, readout="mean", input_scaling=0.1, gate_bias_init=3.0, lr=0.01),
+        result("esgp-diagonal", 64, 0.25, lr=0.01, spectral_radius=0.99, schedule="cosine"),
+        result("esgp-diagonal", 256, 0.15, spectral_radius=0.9, schedule="constant"),  # the defaults, written out
     ]
     lines = tasks.size_lines(runs)
     assert lines == {
         "esgp-lowrank, rank 4": [(64, 0.5, 640), (128, 0.6, 1280), (256, 0.7, 2560)],
         "esgp-lowrank, rank 8": [(64, 0.4, 640)],
-        "esgp-diagonal": [(128, 0.3, 1280)],
+        "esgp-diagonal": [(128, 0.3, 1280), (256, 0.15, 2560)],
         "esgp-diagonal, lr 0.01, mean state, input x0.1, gate bias 3": [(64, 0.2, 640)],
+        "esgp-diagonal, lr 0.01, radius 0.99, cosine lr": [(64, 0.25, 640)],
     }
+    header = tasks.markdown(runs[6] | dict(metric="accuracy", baseline=10.0, quick=True))
+    assert "Adam lr 0.01, spectral radius 0.99 (ESGP, ESN), cosine learning rate" in header
     # connections per unit and epochs name the lines only where the runs differ in them
     other = result("esgp-diagonal", 256, 0.1, per_unit=None, epochs=20)
     assert set(tasks.size_lines(runs[4:5] + [other])) == {
@@ -285,6 +292,61 @@ def test_the_learning_rate_reaches_adam_and_the_results(monkeypatch, capsys):
         tasks.run("adding", ["esn"], 1, 8, True, 0, None, lr=0)
     with pytest.raises(TypeError, match=r"expected a number for the learning rate lr, got str"):
         tasks.run("adding", ["esn"], 1, 8, True, 0, None, lr="1e-3")
+
+
+def test_the_spectral_radius_reaches_the_reservoirs_and_the_results(monkeypatch, capsys):
+    task = tasks.TASKS["copy"]
+    for name in ("esgp-lowrank", "esn"):
+        model = tasks.build_model(name, task, 48, seed=0, per_unit=6, spectral_radius=0.99)
+        weight = model.core.cells[0].recurrent_weight().to_dense().double().numpy()
+        assert np.abs(np.linalg.eigvals(weight)).max() == pytest.approx(0.99, rel=1e-6)
+    default = tasks.build_model("esgp", task, 48, seed=0).core.cells[0].recurrent_weight().to_dense().double()
+    assert np.abs(np.linalg.eigvals(default.numpy())).max() == pytest.approx(tasks.DEFAULT_RADIUS, rel=1e-6)
+
+    def train(model, *args):
+        assert model.core.cells[0].radius == pytest.approx(0.5, rel=1e-6)  # the command line's reaches the model
+        return dict(curve=[1.0], train_loss=[1.0], seconds=1.0)
+
+    monkeypatch.setattr(tasks, "train", train)
+    (result,) = tasks.main(["adding", "--quick", "--models", "esgp-sparse,esn", "--spectral-radius", "0.5"])
+    assert result["spectral_radius"] == 0.5
+    assert "spectral radius 0.5" in capsys.readouterr().out
+    for value in ("0", "-0.9", "nan"):
+        with pytest.raises(SystemExit):
+            tasks.main(["adding", "--quick", f"--spectral-radius={value}"])
+        assert f"--spectral-radius: expected a positive number, got {float(value)}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"expected a positive, finite spectral_radius, got 0"):
+        tasks.run("adding", ["esn"], 1, 8, True, 0, None, spectral_radius=0)
+    with pytest.raises(TypeError, match=r"expected a number for spectral_radius, got str"):
+        tasks.run("adding", ["esn"], 1, 8, True, 0, None, spectral_radius="0.9")
+
+
+def test_the_cosine_schedule_lowers_the_rate_to_zero_over_every_batch(monkeypatch, capsys):
+    rates: list[list[float]] = []
+
+    class Recorded(torch.optim.Adam):
+        def step(self, closure=None):
+            rates[-1].append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(tasks.torch.optim, "Adam", Recorded)
+    task = tasks.TASKS["adding"]
+    data = tasks.subset(task.data(True, 0, None), 300, 0)  # 5 batches of 64 (the last one short)
+    for schedule in tasks.SCHEDULES:
+        rates.append([])
+        model = tasks.build_model("esn", task, 16, seed=0)
+        tasks.train(model, task, data, 2, 0, schedule, lr=0.02, schedule=schedule)
+    constant, cosine = rates
+    assert constant == [0.02] * 10
+    expected = [0.01 * (1 + math.cos(math.pi * i / 10)) for i in range(10)]  # from lr, down to 0 after the last
+    assert cosine == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"expected schedule in \('constant', 'cosine'\), got 'linear'"):
+        tasks.train(model, task, data, 1, 0, "x", schedule="linear")
+    (result,) = tasks.main(["adding", "--quick", "--models", "esn", "--epochs", "1", "--schedule", "cosine"])
+    assert result["schedule"] == "cosine" and "cosine learning rate" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tasks.main(["adding", "--quick", "--schedule", "linear"])
+    assert "argument --schedule: invalid choice: 'linear'" in capsys.readouterr().err
 
 
 def test_the_mean_readout_reads_the_mean_state_and_only_where_one_output_is_scored(monkeypatch, capsys):
