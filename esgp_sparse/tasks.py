@@ -461,10 +461,10 @@ def _per_unit(per_unit: float | None) -> str:
 
 def size_lines(runs: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
     """The points (H, final score, parameters) of each line of a size plot, sorted by H: one line per
-    model and setting (rank, learning rate, readout, initialisation knobs, connections per unit,
-    epochs), so that runs of the same model with different settings are not joined. Where every run
-    has the same connections per unit and epochs, the labels leave those two out; runs that differ
-    in the seed alone share a line."""
+    model and setting (rank, learning rate and schedule, spectral radius, readout, initialisation
+    knobs, connections per unit, epochs), so that runs of the same model with different settings are
+    not joined. Where every run has the same connections per unit and epochs, the labels leave those
+    two out; runs that differ in the seed alone share a line."""
     lines: dict[str, list[tuple[int, float, int]]] = {}
     shared = {key: len({run_.get(key) for run_ in runs}) == 1 for key in ("per_unit", "epochs")}  # 10 == 10.0
     for run_ in runs:
@@ -574,7 +574,7 @@ def run(
         + ("" if readout == "last" else ", the head on the mean state over time")
         + ("" if gate_rank is None else f", low-rank gate of rank {gate_rank}")
         + ("" if lr == DEFAULT_LR else f", Adam lr {lr:g}")
-        + ("" if spectral_radius == DEFAULT_RADIUS else f", spectral radius {spectral_radius:g}")
+        + ("" if spectral_radius == DEFAULT_RADIUS else f", spectral radius {spectral_radius:g} (ESGP, ESN)")
         + ("" if schedule == "constant" else f", {schedule} learning rate")
     )
     if task.name == "smnist" and (quick or data_dir is None):
