@@ -6,7 +6,10 @@
 Each case is a matrix kind, a size, connections per unit and a seed: ``random`` is the library's
 reservoir (N(0, 1) values on a random pattern), ``pair`` a bulk of radius about 0.53 with a
 dominant non-normal complex pair of modulus 1 (a rotation by theta conjugated by diag(c, 1)),
-``outlier`` a random reservoir whose entries have mean 0.15 (an eigenvalue just outside the bulk).
+``outlier`` a random reservoir whose entries have mean 0.15 (an eigenvalue just outside the bulk),
+``model`` the unscaled reservoir of ``ESGP(..., hidden_size=n, sparsity=parameter / n, seed=seed)``
+(its first layer; at 65,536 units its edge is crowded: the power iteration needs more than 3,200
+steps there).
 The reference is every eigenvalue of the dense matrix up to 3,000 units, else ARPACK at tol=1e-10
 (the library's setting: 20 eigenvalues in a 200-vector Krylov space). ``rel_error`` in
 ``extra_info`` is the method's radius over the reference's, minus 1; ``error`` is the method's own
@@ -24,7 +27,7 @@ import pytest
 import scipy.sparse as sp
 from _testing import complex_pair_matrix, outlier_matrix, study_matrix
 
-from esgp_sparse.init import ARPACK_MAX_SIZE, measure_radius
+from esgp_sparse.init import ARPACK_MAX_SIZE, derive_seed, drawn_rows, measure_radius
 
 CASES = (
     [("random", 10_000, c, 0) for c in (1, 3, 10, 30, 100)]
@@ -32,6 +35,7 @@ CASES = (
     + [("pair", 10_000, 0.01, 10), ("pair", 10_000, 0.01, 100), ("pair", 10_000, 0.05, 10), ("pair", 10_000, 0.05, 100)]
     + [("outlier", 10_000, 10, 0), ("outlier", 100_000, 10, 0)]
     + [("random", 30_000, 10, 0), ("random", 100_000, 10, 0), ("random", 100_000, 3, 0), ("random", 200_000, 10, 0)]
+    + [("model", 65_536, 10, 0)]
 )
 QUICK = {("random", 10_000, 10, 0), ("pair", 10_000, 0.01, 100), ("outlier", 10_000, 10, 0)}
 
@@ -40,6 +44,9 @@ QUICK = {("random", 10_000, 10, 0), ("pair", 10_000, 0.01, 100), ("outlier", 10_
 def matrix(kind: str, n: int, parameter: float, seed: int) -> sp.csr_array:
     if kind == "random":
         return study_matrix(n, parameter, seed)
+    if kind == "model":
+        crow, col, values = drawn_rows(n, parameter / n, derive_seed(seed, 0), (0,), values=True)
+        return sp.csr_array((values, col, crow), shape=(n, n))
     if kind == "pair":
         return complex_pair_matrix(n, parameter, seed)  # seed is c here
     return outlier_matrix(n, parameter, 0.15, seed)

@@ -46,9 +46,16 @@ _START_SEED = 20251129
 
 #: The relative accuracy the power iteration works to (see :func:`measure_radius`).
 POWER_TOL = 1e-3
-#: Power steps before the first Rayleigh-Ritz check (then at 4x, 16x, ... and at the end), and the most.
+#: Power steps before the first Rayleigh-Ritz check (then at 4x, 16x, ... and at the end), and the most:
+#: ``POWER_LONG_ITERATIONS`` on matrices of at most ``POWER_LONG_MAX_NNZ`` entries (where those steps
+#: cost about a minute or less on a 2-core CPU), ``POWER_MAX_ITERATIONS`` above. The 65,536-unit
+#: reservoir of ``ESGP(..., hidden_size=65536, sparsity=10 / 65536, seed=0)`` has a crowded edge: no
+#: Ritz pair had converged after 3,200 steps (the growth rate was 3.5e-4 low, with a warning), one did
+#: after 12,800, equal to ARPACK's at tol=1e-10 (``benchmarks/test_radius.py``, case ``model``).
 POWER_FIRST_RITZ = 200
 POWER_MAX_ITERATIONS = 3200
+POWER_LONG_ITERATIONS = 12_800
+POWER_LONG_MAX_NNZ = 1 << 21
 #: Size of the Krylov space of the Rayleigh-Ritz step, started from the power iterate. At 1e5 units
 #: (10 per unit), after 3,200 power steps, 30 vectors left a residual of 4.1e-4 (not accepted) and
 #: 100 one of 8.1e-7 (benchmarks/results/radius_methods.jsonl).
@@ -221,14 +228,21 @@ def _check_threads(threads: int | None) -> None:
         raise ValueError(f"spectral_radius: expected threads >= 1 or None (every usable CPU), got threads={threads}")
 
 
-def _check_options(tol: float, k: int, ncv: int, maxiter: int | None, power_tol: float, max_iterations: int) -> None:
+def default_max_iterations(nnz: int) -> int:
+    """The power iteration's step limit for a matrix of ``nnz`` entries (see :data:`POWER_LONG_MAX_NNZ`)."""
+    return POWER_LONG_ITERATIONS if nnz <= POWER_LONG_MAX_NNZ else POWER_MAX_ITERATIONS
+
+
+def _check_options(
+    tol: float, k: int, ncv: int, maxiter: int | None, power_tol: float, max_iterations: int | None
+) -> None:
     if not tol >= 0.0:
         raise ValueError(f"spectral_radius: expected tol >= 0 (0: machine precision), got tol={tol!r}")
     if k < 1 or ncv < 1 or (maxiter is not None and maxiter < 1):
         raise ValueError(f"spectral_radius: expected k, ncv and maxiter >= 1, got k={k}, ncv={ncv}, maxiter={maxiter}")
     if not 0.0 < power_tol < 1.0:
         raise ValueError(f"spectral_radius: expected power_tol in (0, 1), got power_tol={power_tol!r}")
-    if max_iterations < POWER_FIRST_RITZ:
+    if max_iterations is not None and max_iterations < POWER_FIRST_RITZ:
         raise ValueError(
             f"spectral_radius: expected max_iterations >= {POWER_FIRST_RITZ}, got max_iterations={max_iterations}"
         )
@@ -243,7 +257,7 @@ def measure_radius(
     ncv: int = ARPACK_NCV,
     maxiter: int | None = None,
     power_tol: float = POWER_TOL,
-    max_iterations: int = POWER_MAX_ITERATIONS,
+    max_iterations: int | None = None,
     threads: int | None = None,
 ) -> RadiusEstimate:
     """The largest absolute eigenvalue of a square sparse matrix, with its error estimate.
@@ -273,7 +287,8 @@ def measure_radius(
             ``n - 2``), Krylov space size (at least ``2k + 1``, at most ``n``) and restart limit
             (scipy's default when None).
         power_tol: the relative accuracy the power iteration works to.
-        max_iterations: the power iteration's step limit.
+        max_iterations: the power iteration's step limit; None: :func:`default_max_iterations` of
+            the matrix's entries (12,800 steps up to 2^21 entries, 3,200 above).
         threads: threads that share each product of the power iteration (row blocks of equal nnz;
             None: every usable CPU). Any count gives the same estimate bitwise.
 
@@ -316,7 +331,7 @@ def measure_radius_rows(
     ncv: int = ARPACK_NCV,
     maxiter: int | None = None,
     power_tol: float = POWER_TOL,
-    max_iterations: int = POWER_MAX_ITERATIONS,
+    max_iterations: int | None = None,
     threads: int | None = None,
 ) -> RadiusEstimate:
     """:func:`measure_radius` on a matrix distributed by rows over processes (:class:`Rows`); every
@@ -353,6 +368,8 @@ def measure_radius_rows(
         residual = float(np.linalg.norm(dense @ v - values[i] * v)) / scale if scale else float("inf")
         return RadiusEstimate(float(abs(values[i])), residual, "dense", 0, v[local])
     if method == "power":
+        if max_iterations is None:  # the whole matrix's entries, the same on every process
+            max_iterations = default_max_iterations(int(rows.total(np.asarray(rows.matrix.nnz))))
         return _power_radius(rows, power_tol, max_iterations, threads)
     k = min(k, n - 2)
     ncv = min(max(ncv, 2 * k + 1), n)  # scipy wants k + 1 < ncv <= n

@@ -91,6 +91,21 @@ def test_power_without_a_converged_pair_warns_and_says_so(monkeypatch):
     assert estimate.radius == pytest.approx(np.abs(np.linalg.eigvals(matrix.toarray())).max(), rel=5e-2)
 
 
+def test_the_power_step_limit_is_longer_on_smaller_matrices(monkeypatch):
+    import esgp_sparse.init.radius as radius
+
+    assert radius.default_max_iterations(radius.POWER_LONG_MAX_NNZ) == radius.POWER_LONG_ITERATIONS == 12_800
+    assert radius.default_max_iterations(radius.POWER_LONG_MAX_NNZ + 1) == radius.POWER_MAX_ITERATIONS == 3_200
+    monkeypatch.setattr(radius, "RITZ_SIZE", 2)
+    # one cycle through 300 units: every eigenvalue on the unit circle, so no pair converges
+    matrix = sp.csr_array((np.ones(300), (np.arange(300), np.roll(np.arange(300), 1))))
+    with pytest.warns(RuntimeWarning, match=r"no converged dominant eigenvalue in 12800 steps on a 300 x 300"):
+        assert measure_radius(matrix, "power").products >= 12_800
+    monkeypatch.setattr(radius, "POWER_LONG_MAX_NNZ", matrix.nnz - 1)
+    with pytest.warns(RuntimeWarning, match=r"no converged dominant eigenvalue in 3200 steps on a 300 x 300"):
+        measure_radius(matrix, "power")
+
+
 def test_every_method_reports_its_residual():
     matrix = random_matrix(600, 10, 0)
     expected = np.abs(np.linalg.eigvals(matrix.toarray())).max()
