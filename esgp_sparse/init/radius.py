@@ -342,9 +342,10 @@ def measure_radius_rows(
     the local rows times the all-gathered vector, an inner product an all-reduced sum. ``"dense"``
     gathers the whole matrix and ``"arpack"`` runs the same ARPACK on every process on whole
     vectors (both for the sizes ``"auto"`` gives them); the power iteration keeps its iterate whole
-    on every process (one all-gather a step, no other collective) and its Rayleigh-Ritz basis by
-    rows. With one process (:func:`whole_rows`) this is :func:`measure_radius` exactly, less its
-    cycle test, which needs the whole graph: here a nilpotent matrix shows as a radius of 0 (or a
+    on every process (one all-gather a step, no other collective but an all-reduce of the entries
+    for its default step limit) and its Rayleigh-Ritz basis by rows. With one process
+    (:func:`whole_rows`) this is :func:`measure_radius` exactly, less its cycle test, which needs
+    the whole graph: here a nilpotent matrix shows as a radius of 0 (or a
     tiny one, with a warning, from the power iteration). ARPACK decides alone on every process
     when to stop, alike where the processes' BLAS round alike (one machine, one build); across
     machines whose BLAS differ, use ``"power"``, whose decisions are the first process's.
