@@ -269,6 +269,13 @@ def test_gate_rank_reaches_the_low_rank_models_alone(built, capsys):
         assert message in capsys.readouterr().err
 
 
+def _command_line_rejects(flag: str, message: str, values: tuple[str, ...], capsys) -> None:
+    for value in values:
+        with pytest.raises(SystemExit):
+            tasks.main(["adding", "--quick", f"{flag}={value}"])
+        assert f"{flag}: {message}, got {float(value)}" in capsys.readouterr().err
+
+
 def test_the_learning_rate_reaches_adam_and_the_results(monkeypatch, capsys):
     rates = []
 
@@ -284,10 +291,7 @@ def test_the_learning_rate_reaches_adam_and_the_results(monkeypatch, capsys):
     (result,) = tasks.main(["adding", "--quick", "--models", "esn", "--epochs", "1"])
     assert rates[-1] == result["lr"] == tasks.DEFAULT_LR == 1e-3
     assert "Adam lr" not in capsys.readouterr().out
-    for value in ("0", "-1e-3", "inf"):
-        with pytest.raises(SystemExit):
-            tasks.main(["adding", "--quick", f"--lr={value}"])
-        assert f"--lr: expected a positive learning rate, got {float(value)}" in capsys.readouterr().err
+    _command_line_rejects("--lr", "expected a positive learning rate", ("0", "-1e-3", "inf"), capsys)
     with pytest.raises(ValueError, match=r"expected a positive, finite learning rate lr, got 0"):
         tasks.run("adding", ["esn"], 1, 8, True, 0, None, lr=0)
     with pytest.raises(TypeError, match=r"expected a number for the learning rate lr, got str"):
@@ -311,10 +315,7 @@ def test_the_spectral_radius_reaches_the_reservoirs_and_the_results(monkeypatch,
     (result,) = tasks.main(["adding", "--quick", "--models", "esgp-sparse,esn", "--spectral-radius", "0.5"])
     assert result["spectral_radius"] == 0.5
     assert "spectral radius 0.5" in capsys.readouterr().out
-    for value in ("0", "-0.9", "nan"):
-        with pytest.raises(SystemExit):
-            tasks.main(["adding", "--quick", f"--spectral-radius={value}"])
-        assert f"--spectral-radius: expected a positive number, got {float(value)}" in capsys.readouterr().err
+    _command_line_rejects("--spectral-radius", "expected a positive number", ("0", "-0.9", "nan"), capsys)
     with pytest.raises(ValueError, match=r"expected a positive, finite spectral_radius, got 0"):
         tasks.run("adding", ["esn"], 1, 8, True, 0, None, spectral_radius=0)
     for wrong in ("0.9", True):
