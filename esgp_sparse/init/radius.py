@@ -47,15 +47,20 @@ _START_SEED = 20251129
 #: The relative accuracy the power iteration works to (see :func:`measure_radius`).
 POWER_TOL = 1e-3
 #: Power steps before the first Rayleigh-Ritz check (then at 4x, 16x, ... and at the end), and the most:
-#: ``POWER_LONG_ITERATIONS`` on matrices of at most ``POWER_LONG_MAX_NNZ`` entries (where those steps
-#: cost about a minute or less on a 2-core CPU), ``POWER_MAX_ITERATIONS`` above. The 65,536-unit
-#: reservoir of ``ESGP(..., hidden_size=65536, sparsity=10 / 65536, seed=0)`` has a crowded edge: no
-#: Ritz pair had converged after 3,200 steps (the growth rate was 3.5e-4 low, with a warning), one did
-#: after 12,800, equal to ARPACK's at tol=1e-10 (``benchmarks/test_radius.py``, case ``model``).
+#: as many as cost ``POWER_WORK`` entry-products (12,800 steps on ``POWER_LONG_MAX_NNZ`` = 2^21 entries,
+#: about a minute on a 2-core CPU), but no fewer than ``POWER_MAX_ITERATIONS`` and no more than
+#: ``POWER_LONG_ITERATIONS``: 12,800 up to 2^21 entries, 3,200 from 2^23 (about 8.4x10^5 units at 10
+#: per unit), between them ``POWER_WORK // nnz``. A crowded edge needs them: on the 65,536-unit
+#: reservoir of ``ESGP(..., hidden_size=65536, sparsity=10 / 65536, seed=0)`` no Ritz pair had
+#: converged after 3,200 steps (the growth rate was 3.5e-4 low, with a warning), one did after 12,800,
+#: equal to ARPACK's at tol=1e-10 (``benchmarks/test_radius.py``, case ``model``); on the 3x10^5-unit
+#: reservoirs of seeds 1 and 2 (10 per unit) one converged after 6,400 steps, not after 3,200
+#: (``benchmarks/results/radius_crowded_300000.txt``).
 POWER_FIRST_RITZ = 200
 POWER_MAX_ITERATIONS = 3200
 POWER_LONG_ITERATIONS = 12_800
 POWER_LONG_MAX_NNZ = 1 << 21
+POWER_WORK = POWER_LONG_ITERATIONS * POWER_LONG_MAX_NNZ
 #: Size of the Krylov space of the Rayleigh-Ritz step, started from the power iterate. At 1e5 units
 #: (10 per unit), after 3,200 power steps, 30 vectors left a residual of 4.1e-4 (not accepted) and
 #: 100 one of 8.1e-7 (benchmarks/results/radius_methods.jsonl).
@@ -229,8 +234,8 @@ def _check_threads(threads: int | None) -> None:
 
 
 def default_max_iterations(nnz: int) -> int:
-    """The power iteration's step limit for a matrix of ``nnz`` entries (see :data:`POWER_LONG_MAX_NNZ`)."""
-    return POWER_LONG_ITERATIONS if nnz <= POWER_LONG_MAX_NNZ else POWER_MAX_ITERATIONS
+    """The power iteration's step limit for a matrix of ``nnz`` entries (see :data:`POWER_WORK`)."""
+    return min(POWER_LONG_ITERATIONS, max(POWER_MAX_ITERATIONS, POWER_WORK // max(nnz, 1)))
 
 
 def _check_options(
@@ -288,7 +293,8 @@ def measure_radius(
             (scipy's default when None).
         power_tol: the relative accuracy the power iteration works to.
         max_iterations: the power iteration's step limit; None: :func:`default_max_iterations` of
-            the matrix's entries (12,800 steps up to 2^21 entries, 3,200 above).
+            the matrix's entries (12,800 steps up to 2^21 entries, 3,200 from 2^23, ``POWER_WORK // nnz``
+            between).
         threads: threads that share each product of the power iteration (row blocks of equal nnz;
             None: every usable CPU). Any count gives the same estimate bitwise.
 

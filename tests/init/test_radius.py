@@ -94,15 +94,19 @@ def test_power_without_a_converged_pair_warns_and_says_so(monkeypatch):
 def test_the_power_step_limit_is_longer_on_smaller_matrices(monkeypatch):
     import esgp_sparse.init.radius as radius
 
-    assert radius.default_max_iterations(radius.POWER_LONG_MAX_NNZ) == radius.POWER_LONG_ITERATIONS == 12_800
-    assert radius.default_max_iterations(radius.POWER_LONG_MAX_NNZ + 1) == radius.POWER_MAX_ITERATIONS == 3_200
+    limit = radius.default_max_iterations
+    assert limit(1) == limit(radius.POWER_LONG_MAX_NNZ) == radius.POWER_LONG_ITERATIONS == 12_800
+    assert limit(3_000_000) == 8_947  # 3x10^5 units at 10 per unit: the same work as 12,800 steps on 2^21
+    assert limit(4 * radius.POWER_LONG_MAX_NNZ) == limit(10**8) == radius.POWER_MAX_ITERATIONS == 3_200
+    steps = [limit(nnz) for nnz in range(radius.POWER_LONG_MAX_NNZ, 4 * radius.POWER_LONG_MAX_NNZ, 99_991)]
+    assert steps == sorted(steps, reverse=True) and len(set(steps)) > 50
     monkeypatch.setattr(radius, "RITZ_SIZE", 2)
     # one cycle through 300 units: every eigenvalue on the unit circle, so no pair converges
     matrix = sp.csr_array((np.ones(300), (np.arange(300), np.roll(np.arange(300), 1))))
     with pytest.warns(RuntimeWarning, match=r"no converged dominant eigenvalue in 12800 steps on a 300 x 300"):
         assert measure_radius(matrix, "power").products >= 12_800
-    monkeypatch.setattr(radius, "POWER_LONG_MAX_NNZ", matrix.nnz - 1)
-    with pytest.warns(RuntimeWarning, match=r"no converged dominant eigenvalue in 3200 steps on a 300 x 300"):
+    monkeypatch.setattr(radius, "POWER_WORK", 300 * 5_000)  # the limit follows the work: 5,000 steps
+    with pytest.warns(RuntimeWarning, match=r"no converged dominant eigenvalue in 5000 steps on a 300 x 300"):
         measure_radius(matrix, "power")
 
 
