@@ -48,14 +48,15 @@ _START_SEED = 20251129
 POWER_TOL = 1e-3
 #: Power steps before the first Rayleigh-Ritz check (then at 4x, 16x, ... and at the end), and the most:
 #: as many as cost ``POWER_WORK`` entry-products (12,800 steps on ``POWER_LONG_MAX_NNZ`` = 2^21 entries,
-#: about a minute on a 2-core CPU), but no fewer than ``POWER_MAX_ITERATIONS`` and no more than
-#: ``POWER_LONG_ITERATIONS``: 12,800 up to 2^21 entries, 3,200 from 2^23 (about 8.4x10^5 units at 10
-#: per unit), between them ``POWER_WORK // nnz``. A crowded edge needs them: on the 65,536-unit
-#: reservoir of ``ESGP(..., hidden_size=65536, sparsity=10 / 65536, seed=0)`` no Ritz pair had
-#: converged after 3,200 steps (the growth rate was 3.5e-4 low, with a warning), one did after 12,800,
-#: equal to ARPACK's at tol=1e-10 (``benchmarks/test_radius.py``, case ``model``); on the 3x10^5-unit
-#: reservoirs of seeds 1 and 2 (10 per unit) one converged after 6,400 steps, not after 3,200
-#: (``benchmarks/results/radius_crowded_300000.txt``).
+#: about 30 s on a 2-core CPU: benchmarks/results/radius_default.txt), but no fewer than
+#: ``POWER_MAX_ITERATIONS`` and no more than ``POWER_LONG_ITERATIONS``: 12,800 up to 2^21 entries,
+#: 3,200 from 2^23 (about 8.4x10^5 units at 10 per unit), between them ``POWER_WORK // nnz``.
+#: A crowded edge needs them: on the 65,536-unit reservoir of ``ESGP(..., hidden_size=65536,
+#: sparsity=10 / 65536, seed=0)`` no Ritz pair had converged after 3,200 steps (the growth rate was
+#: 3.5e-4 low, with a warning), one did after 12,800, equal to ARPACK's at tol=1e-10
+#: (``benchmarks/test_radius.py``, case ``model``); on the 3x10^5-unit reservoirs of
+#: ``benchmarks/radius_crowded.py``'s seeds 1 and 2 (10 per unit) one converged after 6,400 steps,
+#: not after 3,200 (``benchmarks/results/radius_crowded_300000.txt``).
 POWER_FIRST_RITZ = 200
 POWER_MAX_ITERATIONS = 3200
 POWER_LONG_ITERATIONS = 12_800
