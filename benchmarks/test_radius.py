@@ -30,7 +30,9 @@ from _testing import complex_pair_matrix, outlier_matrix, study_matrix
 from esgp_sparse.init import ARPACK_MAX_SIZE, derive_seed, drawn_rows, measure_radius
 
 CASES = (
-    [("random", 10_000, c, 0) for c in (1, 3, 10, 30, 100)]
+    [("random", 2_000, c, 0) for c in (1, 3, 10, 100)]
+    + [("pair", 2_000, 0.01, 100), ("pair", 2_000, 0.05, 10), ("outlier", 2_000, 10, 0)]
+    + [("random", 10_000, c, 0) for c in (1, 3, 10, 30, 100)]
     + [("random", 10_000, 10, s) for s in (1, 2)]
     + [("pair", 10_000, 0.01, 10), ("pair", 10_000, 0.01, 100), ("pair", 10_000, 0.05, 10), ("pair", 10_000, 0.05, 100)]
     + [("outlier", 10_000, 10, 0), ("outlier", 100_000, 10, 0)]

@@ -12,12 +12,13 @@ import argparse
 import math
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import ESGP
+from . import ESGP, ESGPCell
 from ._memory import peak_rss_mib
 from .datasets import adding_problem
 from .ops import GATES
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> float:
     model.eval()
     with torch.no_grad():
         test_mse = float(nn.functional.mse_loss(model(x_test), y_test))
-    cell = esgp.cells[0]
+    cell = cast(ESGPCell, esgp.cells[0])
     learned = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     buffer_bytes = sum(b.numel() * b.element_size() for b in esgp.buffers())
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> float:
     print(f"model       {esgp.extra_repr()}; {learned:,} learned parameters; built in {built:.2f} s")
     print(
         f"reservoir   nnz {cell.nnz:,} ({cell.nnz / args.hidden**2:.2%} of {args.hidden}^2), path {cell.path}, "
-        f"measured spectral radius {cell.radius:.4f}"
+        f"measured spectral radius {cell.radius_summary()}"
     )
     print(
         f"memory      parameters {param_bytes / 2**20:,.1f} MiB, reservoir buffers {buffer_bytes / 2**20:,.1f} MiB, "

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -617,9 +618,16 @@ def run(
     return results
 
 
+def plain_text(doc: str) -> str:
+    """A docstring as plain text for ``--help``: Sphinx roles and double backquotes dropped."""
+    return re.sub(r":\w+:`~?([^`]*)`", r"\1", doc).replace("``", "")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        prog="python -m esgp_sparse.tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m esgp_sparse.tasks",
+        description=plain_text(__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("tasks", nargs="*", metavar="TASK", help=f"one or more of {sorted(TASKS)}")
     parser.add_argument(
@@ -668,7 +676,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--plot-sizes", help="draw each task's score against H, a line per model and setting, to this image file"
     )
     parser.add_argument("--quick", action="store_true", help="small data and model: about a minute a task")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the generated data, the --train-size subset, the reservoirs, the initialisation and "
+        "the batch order (default 0)",
+    )
     parser.add_argument(
         "--data-dir", type=Path, help="folder with the MNIST IDX files (smnist); synthetic digits without it"
     )
@@ -713,8 +727,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--seed: expected a non-negative integer, got {args.seed}")
     if epochs < 1 or min(sizes) < 1 or (args.train_size is not None and args.train_size < 1):
         parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {sizes} and {args.train_size}")
-    if args.per_unit is not None and not args.per_unit > 0:
-        parser.error(f"--per-unit: expected a positive number of connections per unit, got {args.per_unit}")
+    if args.per_unit is not None and not args.per_unit >= 1:
+        parser.error(f"--per-unit: expected at least 1 connection per unit, got {args.per_unit}")
+    if args.per_unit is None and 0.1 * min(sizes) < 1:
+        parser.error(
+            f"--hidden: sparsity 0.1 (no --per-unit) needs 10 units or more (1 connection per unit), got {min(sizes)}"
+        )
     if not (math.isfinite(args.input_scaling) and args.input_scaling > 0):
         parser.error(f"--input-scaling: expected a positive number, got {args.input_scaling}")
     if args.gate_bias_init is not None and not math.isfinite(args.gate_bias_init):

@@ -95,6 +95,17 @@ def test_recurrent_weight_is_the_scaled_sparse_matrix():
     assert cell.crow_indices.dtype == torch.int32
 
 
+@pytest.mark.parametrize("method", ["arpack", "power"])
+def test_a_module_built_with_a_fast_radius_method_stores_the_radius_it_reports(method):
+    """``radius_method`` through the module, at a size dense eigenvalues can still check."""
+    cell = ESGPCell(2, 1000, sparsity=0.01, spectral_radius=0.8, seed=3, radius_method=method, dtype=torch.float64)
+    actual = np.abs(np.linalg.eigvals(cell.recurrent_weight().to_dense().numpy())).max()
+    assert abs(actual / 0.8 - 1) <= 1e-3
+    assert cell.radius == pytest.approx(actual, rel=max(cell.radius_error, 1e-9))
+    assert cell.radius_measured_with.startswith(method) and cell.radius_error < 1e-4
+    assert f"({cell.radius_measured_with}, error" in repr(cell)
+
+
 def test_extra_repr_shows_path_nnz_and_rho():
     cell = ESGPCell(3, 120, sparsity=0.05, gate="diagonal", seed=5)
     text = repr(cell)

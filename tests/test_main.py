@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ def test_main_trains_and_reports_the_facts(capsys):
     assert "250/250" in out.err  # the progress bar (tqdm) reached the end
     for needle in ("test MSE", "nnz", "path", "spectral radius", "peak RSS", "learned parameters"):
         assert needle in out.out, needle
+    # 64 units: every eigenvalue of the dense matrix, so the radius is exact to rounding
+    assert re.search(r"spectral radius rho=0\.9 \(dense, error \d", out.out), out.out
     assert 0 <= mse < 0.05  # learned: predicting the mean scores about 0.17
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -245,10 +246,22 @@ def test_initialisation_knobs_reach_the_models_and_the_results(built, capsys):
     for flag, value, message in (
         ("--input-scaling", "0", "--input-scaling: expected a positive number, got 0.0"),
         ("--gate-bias-init", "nan", "--gate-bias-init: expected a finite number, got nan"),
+        ("--per-unit", "0.5", "--per-unit: expected at least 1 connection per unit, got 0.5"),
+        ("--hidden", "9", "--hidden: sparsity 0.1 (no --per-unit) needs 10 units or more"),
     ):
         with pytest.raises(SystemExit):
             tasks.main(["adding", "--quick", flag, value])
         assert message in capsys.readouterr().err
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        tasks.main(["--help"])
+    shown = capsys.readouterr().out
+    assert "esgp_sparse.datasets for their definitions" in shown and re.search(
+        r"--seed SEED\s+seeds the generated", shown
+    )
+    assert "``" not in shown and ":mod:" not in shown and ":class:" not in shown
 
 
 def test_gate_rank_reaches_the_low_rank_models_alone(built, capsys):
