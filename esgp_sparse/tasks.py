@@ -727,9 +727,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--seed: expected a non-negative integer, got {args.seed}")
     if epochs < 1 or min(sizes) < 1 or (args.train_size is not None and args.train_size < 1):
         parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {sizes} and {args.train_size}")
+    reservoirs = any(m not in ("gru", "lstm") for m in models)
     if args.per_unit is not None and not args.per_unit >= 1:
         parser.error(f"--per-unit: expected at least 1 connection per unit, got {args.per_unit}")
-    if args.per_unit is None and 0.1 * min(sizes) < 1:
+    if args.per_unit is None and reservoirs and 0.1 * min(sizes) < 1:
         parser.error(
             f"--hidden: sparsity 0.1 (no --per-unit) needs 10 units or more (1 connection per unit), got {min(sizes)}"
         )
