@@ -12,13 +12,12 @@ import argparse
 import math
 import time
 from collections.abc import Callable
-from typing import cast
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import ESGP, ESGPCell
+from . import ESGP
 from ._memory import peak_rss_mib
 from .datasets import adding_problem
 from .ops import GATES
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> float:
     model.eval()
     with torch.no_grad():
         test_mse = float(nn.functional.mse_loss(model(x_test), y_test))
-    cell = cast(ESGPCell, esgp.cells[0])
+    cell = esgp._cells()[0]
     learned = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     buffer_bytes = sum(b.numel() * b.element_size() for b in esgp.buffers())

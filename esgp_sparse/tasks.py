@@ -161,6 +161,8 @@ TASKS = {
     ),
 }
 MODELS = ("esgp", "esgp-sparse", "esgp-diagonal", "esgp-lowrank", "gru", "lstm", "esn")
+#: The models without a reservoir: torch's own recurrent layers.
+TORCH_MODELS: dict[str, Callable[..., Any]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 GATE: dict[str, GateType] = {
     "esgp": "dense",
     "esgp-sparse": "sparse",
@@ -234,8 +236,8 @@ def build_model(
             gate.weight.zero_()
             gate.bias.fill_(40.0)
         core.requires_grad_(False)  # input weights and gate frozen: only the readout learns
-    elif name in ("gru", "lstm"):
-        core = {"gru": nn.GRU, "lstm": nn.LSTM}[name](i, hidden, batch_first=True)
+    elif name in TORCH_MODELS:
+        core = TORCH_MODELS[name](i, hidden, batch_first=True)
     else:
         raise ValueError(f"tasks: expected a model in {MODELS}, got {name!r}")
     return SequenceModel(core, hidden, task.output_size, readout)
@@ -727,7 +729,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--seed: expected a non-negative integer, got {args.seed}")
     if epochs < 1 or min(sizes) < 1 or (args.train_size is not None and args.train_size < 1):
         parser.error(f"--epochs, --hidden and --train-size must be >= 1, got {epochs}, {sizes} and {args.train_size}")
-    reservoirs = any(m not in ("gru", "lstm") for m in models)
+    reservoirs = any(m not in TORCH_MODELS for m in models)
     if args.per_unit is not None and not args.per_unit >= 1:
         parser.error(f"--per-unit: expected at least 1 connection per unit, got {args.per_unit}")
     if args.per_unit is None and reservoirs and 0.1 * min(sizes) < 1:
