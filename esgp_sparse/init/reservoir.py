@@ -174,7 +174,8 @@ def check_connections(size: int, sparsity: float, owner: str = "random_reservoir
     so scaling it to a radius says nothing about the dynamics of the other units.
     """
     connections = sparsity * size
-    if connections < 1.0:
+    # 1e-12: sparsity = 1 / size is one connection per unit, though (1 / 49) * 49 rounds to 1 - 1.1e-16.
+    if connections < 1.0 - 1e-12:
         raise ValueError(
             f"{owner}: expected at least 1 recurrent connection per unit (sparsity * hidden_size >= 1), "
             f"got sparsity={sparsity} at hidden_size={size} ({connections:.3g} per unit): such a reservoir "
