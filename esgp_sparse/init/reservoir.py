@@ -179,7 +179,7 @@ def check_connections(size: int, sparsity: float, owner: str = "random_reservoir
         raise ValueError(
             f"{owner}: expected at least 1 recurrent connection per unit (sparsity * hidden_size >= 1), "
             f"got sparsity={sparsity} at hidden_size={size} ({connections:.3g} per unit): such a reservoir "
-            f"is nearly nilpotent (spectral radius near zero); use sparsity >= {1.0 / size:.3g}"
+            f"is nearly nilpotent (spectral radius near zero); use sparsity >= 1 / hidden_size = {1.0 / size!r}"
         )
 
 

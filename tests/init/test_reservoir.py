@@ -145,14 +145,18 @@ def test_index_dtype():
 
 
 def test_under_one_connection_per_unit_is_refused():
-    with pytest.raises(ValueError, match=r"sparsity=0\.001 at hidden_size=500 .*nearly nilpotent.*sparsity >= 0\.002"):
+    with pytest.raises(
+        ValueError, match=r"sparsity=0\.001 at hidden_size=500 .*nearly nilpotent.*sparsity >= 1 / hidden_size = 0\.002"
+    ):
         random_reservoir(500, 0.001, 0.9, seed=0)
     check_connections(500, 0.002)  # exactly one per unit is allowed
     for size in (49, 98, 103, 107):  # (1 / size) * size rounds to 1 - 1.1e-16 at these sizes
         assert (1 / size) * size < 1.0
         check_connections(size, 1 / size)
-    with pytest.raises(ValueError, match=r"at hidden_size=49 "):
-        check_connections(49, 0.9999 / 49)
+    for size in (3, 9, 49):  # the value the message suggests is accepted (a 3-digit one was not)
+        with pytest.raises(ValueError, match=r"at hidden_size=\d+ .*use sparsity >= 1 / hidden_size = ") as error:
+            check_connections(size, 0.9999 / size)
+        check_connections(size, float(str(error.value).rsplit("= ", 1)[1]))
 
 
 def test_acyclic_pattern_is_refused_not_redrawn():
