@@ -213,18 +213,25 @@ def build_model(
     readout: str = "last",
     gate_rank: int | None = None,
     spectral_radius: float = DEFAULT_RADIUS,
+    checkpoint: bool = False,
 ) -> SequenceModel:
     """``name`` with ``hidden`` units; the reservoirs keep 10 % of their connections (the original's
     sparsity), or ``per_unit`` connections per unit when given (what large reservoirs need).
     ``input_scaling`` and ``gate_bias_init`` (see :class:`~esgp_sparse.ESGPCell`) apply to the ESGP
     models; the ESN takes ``input_scaling`` (its gate is fixed open). ``readout``: see
     :class:`SequenceModel`. ``gate_rank``: the low-rank gate's (``esgp-lowrank``; None: the default).
-    ``spectral_radius``: the reservoir's (ESGP models and ESN; the original's 0.9 by default)."""
+    ``spectral_radius``: the reservoir's (ESGP models and ESN; the original's 0.9 by default).
+    ``checkpoint``: the ESGP models and ESN keep only their states for the backward
+    (:class:`~esgp_sparse.ESGP`'s ``checkpoint``); the same gradients in about a third of the memory."""
     torch.manual_seed(seed)
     i = task.input_size
     sparsity = 0.1 if per_unit is None else min(1.0, per_unit / hidden)
     knobs: dict[str, Any] = dict(
-        sparsity=sparsity, spectral_radius=spectral_radius, seed=seed, input_scaling=input_scaling
+        sparsity=sparsity,
+        spectral_radius=spectral_radius,
+        seed=seed,
+        input_scaling=input_scaling,
+        checkpoint=checkpoint,
     )
     if name in GATE:
         rank = gate_rank if GATE[name] == "lowrank" else None
@@ -548,6 +555,7 @@ def run(
     lr: float = DEFAULT_LR,
     spectral_radius: float = DEFAULT_RADIUS,
     schedule: str = "constant",
+    checkpoint: bool = False,
 ) -> dict:
     """Train every model at every hidden size (``hidden``: one or a list) on one task. With several
     sizes the rows are named "model H=size"; each row records its model and hidden size."""
@@ -579,6 +587,7 @@ def run(
         + ("" if lr == DEFAULT_LR else f", Adam lr {lr:g}")
         + ("" if spectral_radius == DEFAULT_RADIUS else f", spectral radius {spectral_radius:g} (ESGP, ESN)")
         + ("" if schedule == "constant" else f", {schedule} learning rate")
+        + (", checkpointed (ESGP, ESN)" if checkpoint else "")
     )
     if task.name == "smnist" and (quick or data_dir is None):
         print("smnist: synthetic digits (no --data-dir, or --quick): not comparable with the original's MNIST numbers")
@@ -594,6 +603,7 @@ def run(
         lr=lr,
         spectral_radius=spectral_radius,
         schedule=schedule,
+        checkpoint=checkpoint,
         quick=quick,
         seed=seed,
         metric=task.metric,
@@ -609,7 +619,17 @@ def run(
         for name in models:
             label = name if len(sizes) == 1 else f"{name} H={size}"
             model = build_model(
-                name, task, size, seed, per_unit, input_scaling, gate_bias_init, readout, gate_rank, spectral_radius
+                name,
+                task,
+                size,
+                seed,
+                per_unit,
+                input_scaling,
+                gate_bias_init,
+                readout,
+                gate_rank,
+                spectral_radius,
+                checkpoint,
             )
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"{label}: {parameters:,} trained parameters")
@@ -673,6 +693,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         choices=READOUTS,
         default="last",
         help="the head reads the last state, or the mean state over time (tasks scored once per sequence)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="ESGP models and ESN keep only their states for the backward (a third of the activation memory, "
+        "about one more forward pass): for hidden sizes whose activations do not fit",
     )
     parser.add_argument(
         "--plot-sizes", help="draw each task's score against H, a line per model and setting, to this image file"
@@ -765,6 +791,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.lr,
         args.spectral_radius,
         args.schedule,
+        args.checkpoint,
     )
     results = [
         run(t, models, epochs, hidden, args.quick, args.seed, args.data_dir, args.train_size, *knobs)

@@ -393,3 +393,23 @@ def test_the_mean_readout_reads_the_mean_state_and_only_where_one_output_is_scor
         ValueError, match="needs a task scored once per sequence; delayed_response is scored at every step"
     ):
         tasks.run("delayed_response", ["esgp"], 1, 8, True, 0, None, readout="mean")
+
+
+def test_checkpoint_reaches_the_reservoir_models_and_trains_the_same(built, capsys):
+    (result,) = tasks.main(["adding", "--quick", "--models", "esgp-lowrank,esn,gru", "--checkpoint"])
+    assert result["checkpoint"] is True and "checkpointed (ESGP, ESN)" in capsys.readouterr().out
+    assert built["esgp-lowrank"].core.checkpoint and built["esn"].core.checkpoint
+    (result,) = tasks.main(["adding", "--quick", "--models", "esgp-lowrank"])
+    assert result["checkpoint"] is False and not built["esgp-lowrank"].core.checkpoint
+    assert "checkpointed" not in capsys.readouterr().out
+
+
+def test_a_checkpointed_model_learns_as_the_plain_one():
+    task, data = tasks.TASKS["copy"], tasks.TASKS["copy"].data(True, 0, None)
+    data = tuple(part[:256] for part in data)
+    curves = [
+        tasks.train(tasks.build_model("esgp-lowrank", task, 64, 0, per_unit=4, checkpoint=flag), task, data, 2, 0, "t")
+        for flag in (False, True)
+    ]
+    assert curves[0]["curve"] == pytest.approx(curves[1]["curve"], rel=1e-4)
+    assert curves[0]["train_loss"] == pytest.approx(curves[1]["train_loss"], rel=1e-4)
