@@ -395,21 +395,35 @@ def test_the_mean_readout_reads_the_mean_state_and_only_where_one_output_is_scor
         tasks.run("delayed_response", ["esgp"], 1, 8, True, 0, None, readout="mean")
 
 
-def test_checkpoint_reaches_the_reservoir_models_and_trains_the_same(built, capsys):
+def test_checkpoint_reaches_the_reservoir_models_and_the_results(built, capsys):
     (result,) = tasks.main(["adding", "--quick", "--models", "esgp-lowrank,esn,gru", "--checkpoint"])
-    assert result["checkpoint"] is True and "checkpointed (ESGP, ESN)" in capsys.readouterr().out
+    assert result["checkpoint"] is True and "checkpointed (ESGP)" in capsys.readouterr().out
+    assert "checkpointed (ESGP)" in tasks.markdown(result)
     assert built["esgp-lowrank"].core.checkpoint and built["esn"].core.checkpoint
     (result,) = tasks.main(["adding", "--quick", "--models", "esgp-lowrank"])
     assert result["checkpoint"] is False and not built["esgp-lowrank"].core.checkpoint
     assert "checkpointed" not in capsys.readouterr().out
 
 
-def test_a_checkpointed_model_learns_as_the_plain_one():
+def test_a_checkpointed_model_keeps_a_third_and_learns_as_the_plain_one():
     task, data = tasks.TASKS["copy"], tasks.TASKS["copy"].data(True, 0, None)
     data = tuple(part[:256] for part in data)
-    curves = [
-        tasks.train(tasks.build_model("esgp-lowrank", task, 64, 0, per_unit=4, checkpoint=flag), task, data, 2, 0, "t")
-        for flag in (False, True)
-    ]
+    models = [tasks.build_model("esgp-lowrank", task, 64, 0, per_unit=4, checkpoint=flag) for flag in (False, True)]
+    assert [model.core.checkpoint for model in models] == [False, True]
+    x = data[0][:8]
+    kept = []
+    for model in models:  # tensors of batch x steps x hidden elements that the backward keeps
+        saved: list[int] = []
+
+        def pack(tensor, saved=saved):
+            if tensor.numel() == 8 * x.shape[1] * 64:
+                saved.append(tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model.core(x)
+        kept.append(sum(saved))
+    assert kept == [3 * 8 * x.shape[1] * 64, 8 * x.shape[1] * 64]  # states, candidates, gates; the states alone
+    curves = [tasks.train(model, task, data, 2, 0, "t") for model in models]
     assert curves[0]["curve"] == pytest.approx(curves[1]["curve"], rel=1e-4)
     assert curves[0]["train_loss"] == pytest.approx(curves[1]["train_loss"], rel=1e-4)
