@@ -58,3 +58,22 @@ def outlier_matrix(n, per_row, mean, seed=0):
     matrix = random_matrix(n, per_row, seed)
     matrix.data += mean
     return matrix
+
+
+def kept_bytes(module: torch.nn.Module, *args: torch.Tensor) -> int:
+    """Bytes of the distinct storages a forward leaves behind: those autograd keeps for the
+    backward, and the output's."""
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        keep(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        for tensor in module(*args):
+            keep(tensor)
+    return sum(storages.values())

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _testing import kept_bytes
 from torch import nn
 
 import esgp_sparse.init.reservoir as reservoir_module
@@ -51,25 +52,6 @@ CASES = [
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
-
-
-def _kept_bytes(module: nn.Module, *args: torch.Tensor) -> int:
-    """Bytes of the distinct storages a forward leaves behind: those autograd keeps for the
-    backward, and the output's."""
-    storages: dict[int, int] = {}
-
-    def keep(tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        keep(tensor)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        for tensor in module(*args):
-            keep(tensor)
-    return sum(storages.values())
 
 
 def _case(
@@ -116,8 +98,8 @@ def _case(
     (x_grad_ref,) = torch.autograd.grad(reference(x, h_0)[0].sin().sum(), x)  # the whole gradient, on every rank
     # What the backward keeps: the reference's for this rank's units (states, candidates, gates,
     # reservoir, Win, gate), and the input x, which every rank holds whole.
-    kept = _kept_bytes(sharded, x, h_0[..., units].contiguous())
-    kept_share = (_kept_bytes(reference, x, h_0) - x.nbytes) * (sharded.stop - sharded.start) / hidden + x.nbytes
+    kept = kept_bytes(sharded, x, h_0[..., units].contiguous())
+    kept_share = (kept_bytes(reference, x, h_0) - x.nbytes) * (sharded.stop - sharded.start) / hidden + x.nbytes
     cell = reference.cells[0]
     gate_weight = cell.gate.weight if gate == "diagonal" else cell.gate.weight_values
     offset = int(cell.gate.crow_indices[sharded.start]) if gate == "sparse" else sharded.start

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from _testing import kept_bytes
 
 from esgp_sparse import tasks
 
@@ -411,19 +412,8 @@ def test_a_checkpointed_model_keeps_a_third_and_learns_as_the_plain_one():
     models = [tasks.build_model("esgp-lowrank", task, 64, 0, per_unit=4, checkpoint=flag) for flag in (False, True)]
     assert [model.core.checkpoint for model in models] == [False, True]
     x = data[0][:8]
-    kept = []
-    for model in models:  # tensors of batch x steps x hidden elements that the backward keeps
-        saved: list[int] = []
-
-        def pack(tensor, saved=saved):
-            if tensor.numel() == 8 * x.shape[1] * 64:
-                saved.append(tensor.numel())
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            model.core(x)
-        kept.append(sum(saved))
-    assert kept == [3 * 8 * x.shape[1] * 64, 8 * x.shape[1] * 64]  # states, candidates, gates; the states alone
+    kept = [kept_bytes(model.core, x) for model in models]
+    assert kept[0] - kept[1] == 2 * x.shape[0] * x.shape[1] * 64 * 4  # the candidates and gates, float32
     curves = [tasks.train(model, task, data, 2, 0, "t") for model in models]
     assert curves[0]["curve"] == pytest.approx(curves[1]["curve"], rel=1e-4)
     assert curves[0]["train_loss"] == pytest.approx(curves[1]["train_loss"], rel=1e-4)
