@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import chunked
-from .sparse import CSR, csr_matmul, csr_sampled_matmul
+from .sparse import CSR, csr_matmul, csr_matmul_add_, csr_sampled_matmul
 
 GateKind = Literal["dense", "diagonal", "sparse", "lowrank"]
 GATES: tuple[GateKind, ...] = ("dense", "diagonal", "sparse", "lowrank")
@@ -161,7 +161,12 @@ def _csr_product(x: Tensor, weight: Tensor, csr: CSR, exchange: Exchange | None,
 
 
 def _matmul_add_(acc: Tensor, x: Tensor, weight: Tensor, csr: CSR | None, spec: LayerSpec, backward: bool) -> Tensor:
-    """``acc += x @ M`` (rows) or ``acc += M @ x`` (cols) in place, M dense or CSR."""
+    """``acc += x @ M`` (rows) or ``acc += M @ x`` (cols) in place, M dense or CSR; with one
+    process's units (no ``spec.exchange``) into ``acc``'s memory, with no (B, H) temporary."""
+    if csr is not None and spec.exchange is None:
+        crow, col = (csr.crow_t, csr.col_t) if backward else (csr.crow, csr.col)
+        csr_matmul_add_(acc, crow, col, weight, x)
+        return acc
     if csr is not None:
         return acc.add_(_csr_product(x, weight, csr, spec.exchange, backward))
     return acc.addmm_(x, weight) if spec.rows else acc.addmm_(weight, x)
@@ -182,8 +187,7 @@ def forward_step(
         if ops.factors:
             _lowrank_add_(gate_out, candidate_out, ops.factors, rows)
     elif spec.gate_csr is not None:
-        product = _csr_product(candidate_out, ops.gate, spec.gate_csr, spec.exchange, False)
-        torch.add(product, ops.bias, out=gate_out)
+        _matmul_add_(gate_out.copy_(ops.bias.expand_as(gate_out)), candidate_out, ops.gate, spec.gate_csr, spec, False)
     elif rows:
         torch.addmm(ops.bias, candidate_out, ops.gate, out=gate_out)
     else:
@@ -202,6 +206,7 @@ def backward_step(
     spec: LayerSpec,
     grad_z_out: Tensor,
     grad_a_out: Tensor,
+    work: tuple[Tensor, Tensor],
 ) -> Tensor:
     """Reverse of :func:`forward_step`; returns dL/dh (the next carry).
 
@@ -209,11 +214,12 @@ def backward_step(
     ``h_prev`` are the step's h~, g and h. Everything is computed from the step's own blocks while
     they are in cache. ``ops`` are the backward :class:`Operands`. Writes dL/dz (gate
     pre-activation) to ``grad_z_out`` and dL/da (candidate pre-activation) to ``grad_a_out``.
+    ``work`` is two blocks of scratch, reused from step to step: no step allocates a (B, H) tensor.
     """
     grad = carry.add_(grad_h)  # carry is this loop's own temporary (and keeps its layout)
     # dL/dz = dL/dh' (h~ - h) g (1 - g)
-    torch.sub(candidate, h_prev, out=grad_z_out).mul_(grad).mul_(torch.addcmul(gate, gate, gate, value=-1))
-    grad_candidate = grad * gate
+    torch.sub(candidate, h_prev, out=grad_z_out).mul_(grad).mul_(torch.addcmul(gate, gate, gate, value=-1, out=work[0]))
+    grad_candidate = torch.mul(grad, gate, out=work[0])
     grad_kept = grad.sub_(grad_candidate)  # dL/dh' (1 - g): the part that skips the cell
     if spec.gate == "diagonal" or spec.gate == "lowrank":
         grad_candidate.addcmul_(ops.gate, grad_z_out)
@@ -222,7 +228,9 @@ def backward_step(
     else:
         _matmul_add_(grad_candidate, grad_z_out, ops.gate, spec.gate_csr, spec, True)
     # dL/da = dL/dh~ (1 - h~^2)
-    torch.addcmul(grad_candidate, grad_candidate * candidate, candidate, value=-1, out=grad_a_out)
+    torch.addcmul(
+        grad_candidate, torch.mul(grad_candidate, candidate, out=work[1]), candidate, value=-1, out=grad_a_out
+    )
     return _matmul_add_(grad_kept, grad_a_out, ops.recurrent, spec.recurrent_csr, spec, True)
 
 
@@ -423,13 +431,17 @@ def _backward(
     # Reused per-chunk buffers: dL/dz and dL/da, for the chunk's weight-gradient products.
     block = _block(spec, batch, hidden)
     grad_z_buf, grad_a_buf = out.new_empty((k, *block)), out.new_empty((k, *block))
+    work = (out.new_empty(block), out.new_empty(block))  # backward_step's scratch
+    room = None if per_step else _RecomputeRoom(k, block, out)
     backward_chunk = _chunk_fns(spec, out)[1] if spec.compiled else None
     for chunk, (start, stop) in reversed(list(enumerate(_chunks(steps, k)))):
         grad_z, grad_a = grad_z_buf[: stop - start], grad_a_buf[: stop - start]
         if per_step:
             c_storage, g_storage = candidates[chunk], gates[chunk]
-        elif forward_ops is not None:  # checkpointed: recompute this chunk's candidates and gates
-            c_storage, g_storage = _recompute(seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec)
+        elif forward_ops is not None and room is not None:  # checkpointed: recompute them
+            c_storage, g_storage = _recompute(
+                seq[start:stop], start, h0_step, out_seq, input_weight, forward_ops, spec, room
+            )
         else:
             raise RuntimeError("esgp_layer: neither saved nor recomputable candidates")
         c, g = _step_blocks(c_storage, block), _step_blocks(g_storage, block)
@@ -461,18 +473,28 @@ def _backward(
                 i = t - start
                 h_prev = state_steps[t - 1] if t > 0 else h0_step
                 carry = backward_step(
-                    grad_steps[t], carry, step_c[i], step_g[i], h_prev, ops, spec, grad_z_steps[i], grad_a_steps[i]
+                    grad_steps[t],
+                    carry,
+                    step_c[i],
+                    step_g[i],
+                    h_prev,
+                    ops,
+                    spec,
+                    grad_z_steps[i],
+                    grad_a_steps[i],
+                    work,
                 )
         x_chunk = seq[start:stop]  # (K, B, I)
         if grad_x_seq is not None:
             grad_x_seq[start:stop] = torch.matmul(step_view(grad_a), input_weight)
-        grad_input_weight += torch.tensordot(grad_a, x_chunk, dims=([0, batch_dim], [0, 1]))
+        grad_input_weight += _contract_steps(grad_a, x_chunk, batch_dim, 1)
+        scratch = grad_a  # used up: its room takes the products below
         if spec.gate == "dense":
-            grad_gate_weight += torch.tensordot(grad_z, c, dims=([0, batch_dim], [0, batch_dim]))
+            grad_gate_weight += _contract_steps(grad_z, c, batch_dim, batch_dim)
         elif spec.gate == "diagonal":
-            grad_gate_weight += (grad_z * c).sum((0, batch_dim))
+            grad_gate_weight += torch.mul(grad_z, c, out=scratch).sum((0, batch_dim))
         elif spec.gate == "lowrank":
-            _add_lowrank_grad(grad_gate_weight, gate_weight, grad_z, c, rows)
+            _add_lowrank_grad(grad_gate_weight, gate_weight, grad_z, c, rows, scratch)
         elif spec.gate_csr is not None:
             rows_zb = grad_z.permute(1, 0, 2).reshape(hidden, -1)  # (H, K*B)
             if spec.exchange is None:
@@ -488,19 +510,31 @@ def _backward(
     return grad_x, grad_h0, grad_input_weight, grad_gate_weight, grad_gate_bias
 
 
-def _add_lowrank_grad(grad_weight: Tensor, weight: Tensor, grad_z: Tensor, candidates: Tensor, rows: bool) -> None:
+def _contract_steps(a: Tensor, b: Tensor, a_dim: int, b_dim: int) -> Tensor:
+    """The sum over a chunk's steps (dim 0 of both) and ``a_dim`` / ``b_dim`` of ``a`` times ``b``:
+    ``torch.tensordot`` on three-dimensional chunks. With one step a chunk (B x H past
+    ``CHUNK_BYTES``) it contracts the step itself: tensordot would sum the size-1 dims out into a copy
+    of each operand first, a fresh (B, H) tensor every step."""
+    if a.shape[0] == 1 and b.shape[0] == 1:
+        return torch.tensordot(a[0], b[0], dims=([a_dim - 1], [b_dim - 1]))
+    return torch.tensordot(a, b, dims=([0, a_dim], [0, b_dim]))
+
+
+def _add_lowrank_grad(
+    grad_weight: Tensor, weight: Tensor, grad_z: Tensor, candidates: Tensor, rows: bool, scratch: Tensor
+) -> None:
     """Add a chunk's share to the packed low-rank gate weight's gradient: with z = U V^T c + d c,
     dU = dz (V^T c)^T, dV = c (U^T dz)^T and dd = dz c, summed over the chunk's steps and batch
-    (``grad_z`` and ``candidates`` (K, *block))."""
+    (``grad_z``, ``candidates`` and the free ``scratch``: (K, *block))."""
     u, v, _ = split_lowrank(weight)
     grad_u, grad_v, grad_d = split_lowrank(grad_weight)
     if rows:  # (K, B, H)
-        grad_u += torch.tensordot(grad_z, candidates @ v, dims=([0, 1], [0, 1]))
-        grad_v += torch.tensordot(candidates, grad_z @ u, dims=([0, 1], [0, 1]))
+        grad_u += _contract_steps(grad_z, candidates @ v, 1, 1)
+        grad_v += _contract_steps(candidates, grad_z @ u, 1, 1)
     else:  # (K, H, B)
-        grad_u += torch.tensordot(grad_z, torch.matmul(v.t(), candidates), dims=([0, 2], [0, 2]))
-        grad_v += torch.tensordot(candidates, torch.matmul(u.t(), grad_z), dims=([0, 2], [0, 2]))
-    grad_d += (grad_z * candidates).sum((0, 1 if rows else 2))
+        grad_u += _contract_steps(grad_z, torch.matmul(v.t(), candidates), 2, 2)
+        grad_v += _contract_steps(candidates, torch.matmul(u.t(), grad_z), 2, 2)
+    grad_d += torch.mul(grad_z, candidates, out=scratch).sum((0, 1 if rows else 2))
 
 
 def _raise_on_double_backward(grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
@@ -791,6 +825,17 @@ def _layer_op_backward(ctx: Any, grad_out: Tensor | None, *_residuals: None) -> 
 _layer_op.register_autograd(_layer_op_backward, setup_context=_layer_op_setup)
 
 
+class _RecomputeRoom:
+    """The checkpointed backward's buffers for :func:`_recompute`, made once and reused by every
+    chunk (the last, shorter one uses their first rows)."""
+
+    def __init__(self, k: int, block: tuple[int, int], like: Tensor) -> None:
+        self.block = block
+        self.projection = like.new_empty((k, *block))
+        self.candidates, self.gates = _step_storage(k, block, like), _step_storage(k, block, like)
+        self.state, self.prev = like.new_empty(block), like.new_empty(block)
+
+
 def _recompute(
     x_chunk: Tensor,
     start: int,
@@ -799,21 +844,25 @@ def _recompute(
     input_weight: Tensor,
     ops: Operands,
     spec: LayerSpec,
+    room: _RecomputeRoom,
 ) -> tuple[Tensor, Tensor]:
-    """Candidates and gates of the K steps from ``start`` again (as two :func:`_step_storage`), from
-    their inputs (K, B, I) and the saved states. The states are known, so the steps are independent;
-    each runs the forward's eager kernel, which makes the results equal to an eager forward's (under
-    ``compile=True`` the forward ran Inductor's fused chunks: equal up to rounding)."""
-    inputs = _project(x_chunk, input_weight, spec.rows)
-    block = (inputs.shape[1], inputs.shape[2])
-    c_storage, g_storage = _step_storage(inputs.shape[0], block, inputs), _step_storage(inputs.shape[0], block, inputs)
-    candidates, gates = _step_blocks(c_storage, block), _step_blocks(g_storage, block)
-    scratch = torch.empty_like(inputs[0])
+    """Candidates and gates of the K steps from ``start`` again (as two :func:`_step_storage`, in
+    ``room``), from their inputs (K, B, I) and the saved states. The states are known, so the steps
+    are independent; each runs the forward's eager kernel, which makes the results equal to an eager
+    forward's (under ``compile=True`` the forward ran Inductor's fused chunks: equal up to rounding)."""
+    k = x_chunk.shape[0]
+    whole = k == room.projection.shape[0]  # a whole chunk gets the whole buffers, as the forward's do
+    inputs = _project(x_chunk, input_weight, spec.rows, out=room.projection if whole else room.projection[:k])
+    c_storage = room.candidates if whole else room.candidates[:k]
+    g_storage = room.gates if whole else room.gates[:k]
+    candidates, gates = _step_blocks(c_storage, room.block), _step_blocks(g_storage, room.block)
     for i, u in enumerate(inputs.unbind(0)):
         t = start + i
         h_prev = (out_seq[t - 1] if spec.rows else out_seq[t - 1].t()) if t > 0 else h0
         # As in _forward's eager steps: the rows layout reads the state where it was written.
-        forward_step(u, h_prev if spec.rows else h_prev.contiguous(), ops, spec, scratch, candidates[i], gates[i])
+        forward_step(
+            u, h_prev if spec.rows else room.prev.copy_(h_prev), ops, spec, room.state, candidates[i], gates[i]
+        )
     return c_storage, g_storage
 
 

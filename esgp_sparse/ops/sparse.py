@@ -115,6 +115,24 @@ def _(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> Tensor:
     return x.new_empty((crow.shape[0] - 1, x.shape[1]))
 
 
+@torch.library.custom_op("esgp_sparse::csr_matmul_add_", mutates_args=("acc",))
+def csr_matmul_add_(acc: Tensor, crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> None:
+    """``acc += W @ x`` in place: :func:`csr_matmul` without a fresh (n_rows, N) result, for the
+    sequence layer's hand-written kernels (no autograd). A fresh float32 result of 32 MiB or more is
+    a new ``mmap`` from glibc, faulted in page by page on every call
+    (``benchmarks/results/step_allocation_65536.txt``). In bfloat16 and float16 the product is
+    :func:`csr_matmul`'s, then added."""
+    if _accumulation_dtype(x.dtype) != x.dtype:
+        acc.add_(csr_matmul(crow, col, values, x))
+    else:
+        acc.addmm_(_csr(crow, col, values, x.shape[0]), x)
+
+
+@csr_matmul_add_.register_fake
+def _(acc: Tensor, crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> None:
+    return None
+
+
 @torch.library.custom_op("esgp_sparse::csr_sampled_matmul", mutates_args=())
 def csr_sampled_matmul(crow: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``(a @ b)`` at the stored positions of the pattern, in CSR order: shape (nnz,).

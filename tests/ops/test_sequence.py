@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 from _testing import TOL, cuda, pattern, reservoir_tensors
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import esgp_sparse.ops.chunked as chunked
 import esgp_sparse.ops.sequence as sequence
@@ -186,6 +188,58 @@ def test_layer_with_an_exchange_refuses_the_gates_that_read_every_unit(gate):
     args = (p["x"], p["h0"], p["input_weight"], recurrent, p["gate_weight"], p["gate_bias"], exchanged)
     with pytest.raises(ValueError, match=rf"takes gate 'diagonal' or 'sparse', got '{gate}'"):
         esgp_layer(*args)
+
+
+class _FreshBlocks(TorchDispatchMode):
+    """Counts the ops that return a fresh tensor (in no input's memory) of ``numel`` elements."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = lambda tree: [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]  # noqa: E731
+        inputs = {t.untyped_storage().data_ptr() for t in tensors((args, kwargs))}
+        for t in tensors(out):
+            self.count += t.numel() == self.numel and t.untyped_storage().data_ptr() not in inputs
+        return out
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["kept", "checkpoint"])
+@pytest.mark.parametrize("gate, path", GATES_PATHS, ids=[f"gate-{g}-path-{p}" for g, p in GATES_PATHS])
+def test_steps_allocate_no_state_sized_tensor(gate, path, checkpoint, monkeypatch):
+    # A fresh (B, H) tensor every step is a fresh mmap, faulted in page by page, once it reaches
+    # 32 MiB (step_allocation_65536.txt). One step a chunk, as wherever B x H passes CHUNK_BYTES.
+    batch = 2  # a (B, H) tensor's size is no other's here (the low-rank gate's (H, r) is H x B)
+    monkeypatch.setattr(sequence, "CHUNK_BYTES", batch * H * 8)
+    counts: dict[str, list[int]] = {"_forward": [], "_backward": []}
+    for name, kernel in [("_forward", sequence._forward), ("_backward", sequence._backward)]:
+
+        def counted(*args, kernel=kernel, name=name, **kwargs):
+            with _FreshBlocks(batch * H) as mode:
+                result = kernel(*args, **kwargs)
+            counts[name].append(mode.count)
+            return result
+
+        monkeypatch.setattr(sequence, name, counted)
+    p, recurrent, spec, *_ = problem(gate, path)
+    for steps in (5, 10):
+        args = (
+            p["x"][:steps, :batch],
+            p["h0"][:batch],
+            p["input_weight"],
+            recurrent,
+            p["gate_weight"],
+            p["gate_bias"],
+            spec,
+        )
+        esgp_layer(*args, checkpoint=checkpoint).sum().backward()
+    backward, forward = counts["_backward"], counts["_forward"]
+    assert backward[0] > 0  # it sees what it counts: the backward's reused blocks at least
+    assert backward[0] == backward[1], f"the backward: {backward[1] - backward[0]} more (B, H) tensors for 5 more steps"
+    if checkpoint:  # (kept, each step's candidates and gates are new memory: they are kept)
+        assert forward[0] == forward[1], f"the forward: {forward[1] - forward[0]} more (B, H) tensors for 5 more steps"
 
 
 def test_chunk_size_bounds():

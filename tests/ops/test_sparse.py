@@ -6,6 +6,7 @@ from _testing import TOL, cuda, pattern, reservoir_tensors
 
 from esgp_sparse.ops import (
     csr_matmul,
+    csr_matmul_add_,
     csr_matmul_t,
     csr_row_indices,
     csr_sampled_matmul,
@@ -21,6 +22,18 @@ def test_csr_matmul_equals_dense(hidden, density, batch):
     crow, col, values, dense = reservoir_tensors(hidden, density)
     x = torch.randn(hidden, batch, dtype=torch.float64)
     torch.testing.assert_close(csr_matmul(crow, col, values, x), dense @ x, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_csr_matmul_add_adds_the_product_in_place(dtype):
+    crow, col, values, dense = reservoir_tensors(37, 0.1, dtype=dtype)
+    x, acc = torch.randn(37, 6, dtype=dtype), torch.randn(37, 6, dtype=dtype)
+    into = acc.clone()
+    csr_matmul_add_(into, crow, col, values, x)
+    # bfloat16 as csr_matmul does it: the product in float32, rounded once, then added
+    product = (dense.float() @ x.float()).to(dtype) if dtype == torch.bfloat16 else dense @ x
+    torch.testing.assert_close(into, acc + product, **TOL.get(dtype, {}))  # bfloat16: torch's default
+    torch.library.opcheck(csr_matmul_add_, (acc.clone(), crow, col, values, x))
 
 
 def test_int64_indices_work_too():
