@@ -8,7 +8,6 @@ from .sequence import GATES, GateKind, LayerSpec, esgp_layer, split_lowrank
 from .sparse import (
     CSR,
     csr_matmul,
-    csr_matmul_add_,
     csr_matmul_t,
     csr_row_indices,
     csr_sampled_matmul,
@@ -28,7 +27,6 @@ __all__ = [
     "PathRequest",
     "choose_path",
     "csr_matmul",
-    "csr_matmul_add_",
     "csr_matmul_t",
     "csr_row_indices",
     "csr_sampled_matmul",

@@ -162,7 +162,8 @@ def _csr_product(x: Tensor, weight: Tensor, csr: CSR, exchange: Exchange | None,
 
 def _matmul_add_(acc: Tensor, x: Tensor, weight: Tensor, csr: CSR | None, spec: LayerSpec, backward: bool) -> Tensor:
     """``acc += x @ M`` (rows) or ``acc += M @ x`` (cols) in place, M dense or CSR; with one
-    process's units (no ``spec.exchange``) into ``acc``'s memory, with no (B, H) temporary."""
+    process's units (no ``spec.exchange``) into ``acc``'s memory, with no (B, H) temporary in float32
+    and float64."""
     if csr is not None and spec.exchange is None:
         crow, col = (csr.crow_t, csr.col_t) if backward else (csr.crow, csr.col)
         csr_matmul_add_(acc, crow, col, weight, x)
@@ -214,7 +215,8 @@ def backward_step(
     ``h_prev`` are the step's h~, g and h. Everything is computed from the step's own blocks while
     they are in cache. ``ops`` are the backward :class:`Operands`. Writes dL/dz (gate
     pre-activation) to ``grad_z_out`` and dL/da (candidate pre-activation) to ``grad_a_out``.
-    ``work`` is two blocks of scratch, reused from step to step: no step allocates a (B, H) tensor.
+    ``work`` is two blocks of scratch, reused from step to step: in float32 and float64, in one
+    process, no step allocates a (B, H) tensor.
     """
     grad = carry.add_(grad_h)  # carry is this loop's own temporary (and keeps its layout)
     # dL/dz = dL/dh' (h~ - h) g (1 - g)

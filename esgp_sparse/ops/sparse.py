@@ -118,10 +118,10 @@ def _(crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> Tensor:
 @torch.library.custom_op("esgp_sparse::csr_matmul_add_", mutates_args=("acc",))
 def csr_matmul_add_(acc: Tensor, crow: Tensor, col: Tensor, values: Tensor, x: Tensor) -> None:
     """``acc += W @ x`` in place: :func:`csr_matmul` without a fresh (n_rows, N) result, for the
-    sequence layer's hand-written kernels (no autograd). A fresh float32 result of 32 MiB or more is
-    a new ``mmap`` from glibc, faulted in page by page on every call
+    sequence layer's hand-written kernels (no autograd). On Linux with glibc a fresh result of 32 MiB
+    or more is a new ``mmap``, faulted in page by page on every call
     (``benchmarks/results/step_allocation_65536.txt``). In bfloat16 and float16 the product is
-    :func:`csr_matmul`'s, then added."""
+    :func:`csr_matmul`'s (in float32, with its temporaries), then added."""
     if _accumulation_dtype(x.dtype) != x.dtype:
         acc.add_(csr_matmul(crow, col, values, x))
     else:

@@ -6,7 +6,6 @@ from _testing import TOL, cuda, pattern, reservoir_tensors
 
 from esgp_sparse.ops import (
     csr_matmul,
-    csr_matmul_add_,
     csr_matmul_t,
     csr_row_indices,
     csr_sampled_matmul,
@@ -15,6 +14,7 @@ from esgp_sparse.ops import (
     naive_linear,
     sparse_linear,
 )
+from esgp_sparse.ops.sparse import csr_matmul_add_
 
 
 @pytest.mark.parametrize("hidden, density, batch", [(1, 1.0, 1), (13, 0.3, 5), (257, 0.02, 3)], ids=lambda v: str(v))
