@@ -303,6 +303,12 @@ def _chunks(steps: int, k: int) -> list[tuple[int, int]]:
 ALIGN_BYTES = 64
 
 
+def _rows(buffer: Tensor, n: int) -> Tensor:
+    """A per-chunk buffer's first ``n`` rows: the buffer itself for a whole chunk (a compiled chunk's
+    graph depends on whether its input is a view, and of what)."""
+    return buffer if n == buffer.shape[0] else buffer[:n]
+
+
 def _step_storage(steps: int, block: tuple[int, int], like: Tensor) -> Tensor:
     """Room for ``steps`` blocks, one per row of a (steps, stride) tensor, each aligned."""
     unit = max(1, ALIGN_BYTES // like.element_size())
@@ -356,9 +362,7 @@ def _forward(
     for chunk, (start, stop) in enumerate(_chunks(steps, k)):
         # The whole buffer for a whole chunk: a compiled chunk's graph depends on whether its input is
         # a view (and of what).
-        inputs = _project(
-            seq[start:stop], input_weight, rows, out=projection if stop - start == k else projection[: stop - start]
-        )
+        inputs = _project(seq[start:stop], input_weight, rows, out=_rows(projection, stop - start))
         kept_blocks = (
             (_step_blocks(candidates[chunk], block), _step_blocks(gates[chunk], block)) if candidates else None
         )
@@ -853,10 +857,8 @@ def _recompute(
     are independent; each runs the forward's eager kernel, which makes the results equal to an eager
     forward's (under ``compile=True`` the forward ran Inductor's fused chunks: equal up to rounding)."""
     k = x_chunk.shape[0]
-    whole = k == room.projection.shape[0]  # a whole chunk gets the whole buffers, as the forward's do
-    inputs = _project(x_chunk, input_weight, spec.rows, out=room.projection if whole else room.projection[:k])
-    c_storage = room.candidates if whole else room.candidates[:k]
-    g_storage = room.gates if whole else room.gates[:k]
+    inputs = _project(x_chunk, input_weight, spec.rows, out=_rows(room.projection, k))
+    c_storage, g_storage = _rows(room.candidates, k), _rows(room.gates, k)
     candidates, gates = _step_blocks(c_storage, room.block), _step_blocks(g_storage, room.block)
     for i, u in enumerate(inputs.unbind(0)):
         t = start + i
